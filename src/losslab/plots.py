@@ -1,0 +1,100 @@
+"""Figures of one run: learning curves, the dataset, and the decision boundary in 2-D."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.inspection import DecisionBoundaryDisplay  # noqa: E402
+
+from losslab import losses  # noqa: E402
+from losslab.datasets import Dataset  # noqa: E402
+from losslab.losses import Task  # noqa: E402
+from losslab.storage import atomic_path  # noqa: E402
+
+GRID_STEPS = 200
+
+
+def _save(figure: plt.Figure, target: Path) -> Path:
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(figure)
+    return target
+
+
+def _spans_decades(values: np.ndarray) -> bool:
+    finite = values[np.isfinite(values) & (values > 0)]
+    return finite.size == values.size and finite.size > 0 and finite.max() / finite.min() > 100
+
+
+def learning_curves(history: dict[str, list[float]], title: str, target: Path) -> Path:
+    """Loss and each metric per epoch, train vs validation; log scale where values span decades."""
+    names = sorted((k for k in history if not k.startswith("val_")), key=lambda k: k != "loss")
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        epochs = np.arange(1, len(history[name]) + 1)
+        values = np.asarray(history[name] + history.get(f"val_{name}", []))
+        axis.plot(epochs, history[name], label="train")
+        if f"val_{name}" in history:
+            axis.plot(epochs, history[f"val_{name}"], label="validation")
+        if _spans_decades(values):
+            axis.set_yscale("log")
+        axis.set(xlabel="epoch", ylabel=name, title=name)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    return _save(figure, target)
+
+
+def _projection(data: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
+    """The features in 2-D: as they are, or their first two principal components."""
+    if data.n_features == 2:
+        return data.x_train, data.x_test, "x"
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=2).fit(data.x_train)
+    return pca.transform(data.x_train), pca.transform(data.x_test), "PC"
+
+
+def dataset_scatter(data: Dataset, title: str, target: Path) -> Path:
+    """Train and test points, coloured by class (or by target value for regression)."""
+    train, test, axis_name = _projection(data)
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    colour = "viridis" if data.task is Task.REGRESSION else "coolwarm"
+    shown = axis.scatter(*train.T, c=data.y_train, cmap=colour, s=12, marker="o", label="train")
+    axis.scatter(*test.T, c=data.y_test, cmap=colour, s=16, marker="x", label="test")
+    figure.colorbar(shown, ax=axis, label="target" if data.task is Task.REGRESSION else "class")
+    axis.set(xlabel=f"{axis_name}1", ylabel=f"{axis_name}2", title=title)
+    axis.legend()
+    return _save(figure, target)
+
+
+def decision_boundary(model: Any, loss_name: str, data: Dataset, title: str, target: Path) -> Path:
+    """Predicted class over the plane of a 2-feature dataset, with the test points on top."""
+    spec = losses.get(loss_name)
+    points = np.vstack([data.x_train, data.x_test])
+    low, high = points.min(axis=0) - 0.25, points.max(axis=0) + 0.25
+    xx0, xx1 = np.meshgrid(*(np.linspace(low[i], high[i], GRID_STEPS) for i in (0, 1)))
+    grid = np.column_stack([xx0.ravel(), xx1.ravel()]).astype("float32")
+    outputs = model.predict(grid, batch_size=4096, verbose=0)
+    response = losses.predict_labels(spec, outputs).reshape(xx0.shape)
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    display = DecisionBoundaryDisplay(
+        xx0=xx0, xx1=xx1, n_classes=data.n_classes, response=response, xlabel="x1", ylabel="x2"
+    )
+    display.plot(ax=axis, cmap="coolwarm", alpha=0.35, levels=np.arange(data.n_classes + 1) - 0.5)
+    axis.scatter(
+        *data.x_test.T, c=data.y_test, cmap="coolwarm", s=12, edgecolors="k", linewidths=0.3
+    )
+    axis.set_title(title)
+    return _save(figure, target)
+
+
+def can_draw_boundary(data: Dataset) -> bool:
+    return data.n_features == 2 and data.task is not Task.REGRESSION

@@ -1,0 +1,47 @@
+"""``losslab-stage STEP``: one DVC stage, reading ``params.yaml`` and writing its declared outputs.
+
+``generate`` runs without MLflow; ``train`` starts the pipeline's MLflow run and records its id
+in ``model/run.json``; ``evaluate`` and ``plot`` add to that same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from losslab.cli import reported_errors
+from losslab.config import load_params
+
+STEP_NAMES = ("generate", "train", "evaluate", "plot")
+
+
+def run_stage(step: str, params: Path, root: Path) -> None:
+    from losslab import steps, tracking
+    from losslab.storage import read_json
+
+    cfg = load_params(params)
+    layout = steps.Layout(root)
+    if step == "generate":
+        steps.generate(cfg, layout)
+        return
+    if step == "train":
+        with tracking.run(cfg, "dvc"):
+            steps.train(cfg, layout)
+        return
+    run_id = read_json(layout.run_info).get("run_id")
+    with tracking.run(cfg, "dvc", run_id=run_id, describe=False):
+        steps.STEPS[step](cfg, layout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="losslab-stage", description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=STEP_NAMES)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--root", type=Path, default=Path("."), help="folder of the outputs")
+    args = parser.parse_args(argv)
+    with reported_errors(f"losslab-stage {args.step}"):
+        run_stage(args.step, args.params, args.root)
+
+
+if __name__ == "__main__":
+    main()

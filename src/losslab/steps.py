@@ -1,0 +1,170 @@
+"""The four pipeline steps, each reading and writing the files of a :class:`Layout`.
+
+The DVC stages run one step per process; the ``losslab`` app runs all four in one process; both
+call these functions, so a run looks the same in MLflow whichever way it was started. Each step
+logs to the active MLflow run. Heavy imports (TensorFlow, matplotlib) happen inside the steps
+that need them, so config errors are reported without loading them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from omegaconf import DictConfig
+
+from losslab import tracking
+from losslab.config import as_plain
+from losslab.datasets import Dataset, make_dataset
+from losslab.losses import Task
+from losslab.storage import (
+    StageInputError,
+    atomic_path,
+    read_history_csv,
+    read_json,
+    read_npz,
+    write_history_csv,
+    write_json,
+    write_npz,
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a run's files live, relative to one root (the repo, or a Hydra run directory)."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data" / "dataset.npz"
+
+    @property
+    def data_meta(self) -> Path:
+        return self.root / "data" / "dataset.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model" / "model.keras"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "model" / "history.csv"
+
+    @property
+    def run_info(self) -> Path:
+        return self.root / "model" / "run.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+
+def generate(cfg: DictConfig, layout: Layout) -> Dataset:
+    """Make the dataset and write the arrays plus metadata with their content hash."""
+    data = make_dataset(cfg.dataset)
+    meta = {
+        "name": cfg.dataset.name,
+        "task": data.task.value,
+        "n_classes": data.n_classes,
+        "n_features": data.n_features,
+        "n_train": len(data.x_train),
+        "n_test": len(data.x_test),
+        "sha256": data.content_hash(),
+        "params": as_plain(cfg.dataset),
+    }
+    write_npz(layout.data, data.arrays())
+    write_json(layout.data_meta, meta)
+    return data
+
+
+def load_dataset(layout: Layout) -> tuple[Dataset, dict[str, Any]]:
+    """Read the generated dataset, refusing one whose content does not match its metadata."""
+    meta = read_json(layout.data_meta)
+    arrays = read_npz(layout.data, ("x_train", "y_train", "x_test", "y_test"))
+    try:
+        data = Dataset(**arrays, task=Task(meta["task"]), n_classes=int(meta["n_classes"]))
+        expected = meta["sha256"]
+    except (KeyError, ValueError, TypeError) as error:
+        raise StageInputError(
+            f"{layout.data_meta}: incomplete metadata ({error}); rerun generate"
+        ) from None
+    if data.content_hash() != expected:
+        raise StageInputError(
+            f"{layout.data}: content does not match the hash in {layout.data_meta}; rerun generate"
+        )
+    return data, meta
+
+
+def train(cfg: DictConfig, layout: Layout) -> None:
+    """Train, then write the model and its per-epoch history; log both to the active run."""
+    import keras
+
+    from losslab import training
+
+    data, meta = load_dataset(layout)
+    tracking.log_dataset(data.arrays(), meta, layout.data)
+    run_id = mlflow.active_run().info.run_id
+    epochs = tracking.EpochMetrics(run_id)
+    logger = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: epochs.add(e + 1, logs))
+    try:
+        result = training.fit(cfg, data, callbacks=[logger])
+    finally:
+        epochs.flush()
+    with atomic_path(layout.model) as tmp:
+        result.model.save(tmp)
+    write_history_csv(layout.history, result.history)
+    write_json(
+        layout.run_info,
+        {"run_id": run_id, "tracking_uri": tracking.masked_uri(mlflow.get_tracking_uri())},
+    )
+    mlflow.log_artifact(str(layout.history), "history")
+    mlflow.log_artifact(str(layout.data_meta), "data")
+    tracking.log_model(result.model, data.x_test)
+
+
+def evaluate(cfg: DictConfig, layout: Layout) -> dict[str, dict[str, float]]:
+    """Score the saved model on both splits; write and log the results."""
+    from losslab import training
+
+    data, _ = load_dataset(layout)
+    results = training.evaluate(cfg, training.load_model(layout.model), data)
+    write_json(layout.metrics, results)
+    tracking.log_final_metrics(results)
+    mlflow.log_artifact(str(layout.metrics), "evaluation")
+    return results
+
+
+def plot(cfg: DictConfig, layout: Layout) -> list[Path]:
+    """Draw the run's figures into the plots folder and log them."""
+    from losslab import plots
+
+    data, _ = load_dataset(layout)
+    title = f"{cfg.dataset.name} · {cfg.loss.name} · {cfg.optimizer.name} · seed {cfg.seed}"
+    drawn = [
+        plots.learning_curves(
+            read_history_csv(layout.history), title, layout.plots / "learning_curves.png"
+        ),
+        plots.dataset_scatter(data, cfg.dataset.name, layout.plots / "dataset.png"),
+    ]
+    if plots.can_draw_boundary(data):
+        from losslab import training
+
+        model = training.load_model(layout.model)
+        drawn.append(
+            plots.decision_boundary(
+                model, cfg.loss.name, data, title, layout.plots / "decision_boundary.png"
+            )
+        )
+    for figure in drawn:
+        mlflow.log_artifact(str(figure), "plots")
+    return drawn
+
+
+STEPS = {"generate": generate, "train": train, "evaluate": evaluate, "plot": plot}

@@ -1,0 +1,307 @@
+"""MLflow tracking: where runs go, what each run holds, and how every run ends.
+
+The embedded default is the SQLite store ``mlflow.db`` at the project root with artifacts in
+``mlartifacts/`` beside it, both as absolute paths so Hydra run directories and DVC workspaces
+all write to one store. ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` point runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import (
+    MAX_ENTITY_KEY_LENGTH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+from omegaconf import DictConfig
+
+from losslab.config import as_plain
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ENTRY_POINTS = ("dvc", "cli", "multirun", "mlflow-run")
+TRUNCATED = "...[truncated]"
+_VERSIONED = ("tensorflow-cpu", "keras", "mlflow", "hydra-core", "dvc", "numpy", "scikit-learn")
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so the run ends KILLED, like Ctrl-C."""
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite at the project root."""
+    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def default_uri() -> str:
+    return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def masked_uri(uri: str) -> str:
+    """The URI with any password replaced, safe to log or print."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def prepare(cfg: DictConfig) -> str:
+    """Point MLflow at the store and make sure the experiment exists; return its id.
+
+    For SQLite the store's schema migration and the experiment's creation happen under a file
+    lock, so jobs starting together on a fresh store do not race each other.
+    """
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        db_path = Path(uri.removeprefix("sqlite:///"))
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db_path}.lock"):
+            artifacts = (db_path.parent / "mlartifacts").as_uri()
+            return _experiment_id(cfg.tracking.experiment, artifacts)
+    return _experiment_id(cfg.tracking.experiment, None)
+
+
+def _experiment_id(name: str, artifact_location: str | None) -> str:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys; lists stay whole (``model.hidden`` = ``[4, 2]``)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _fit(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
+
+
+def config_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as MLflow params, truncated visibly to MLflow's limits."""
+    params = {}
+    for key, value in flatten(as_plain(cfg)).items():
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        params[_fit(key, MAX_ENTITY_KEY_LENGTH)] = _fit(text, MAX_PARAM_VAL_LENGTH)
+    return params
+
+
+def run_name(cfg: DictConfig) -> str:
+    return f"{cfg.dataset.name}·{cfg.loss.name}·{cfg.optimizer.name}·s{cfg.seed}"
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _versions() -> dict[str, str]:
+    versions = {"version.python": platform.python_version()}
+    for package in _VERSIONED:
+        try:
+            versions[f"version.{package.removesuffix('-cpu')}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def run_tags(cfg: DictConfig, entry_point: str, overrides: list[str]) -> dict[str, str]:
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    tags = {
+        "mlflow.runName": run_name(cfg),
+        "losslab.entry_point": entry_point,
+        "losslab.preset": cfg.preset or "",
+        "losslab.overrides": " ".join(overrides),
+        "losslab.dataset": cfg.dataset.name,
+        "losslab.loss": cfg.loss.name,
+        "losslab.optimizer": cfg.optimizer.name,
+        "losslab.tracking_uri": masked_uri(tracking_uri(cfg)),
+        "git.commit": _git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+        **_versions(),
+    }
+    return {key: _fit(str(value), 5000) for key, value in tags.items()}
+
+
+def _log_batch(run_id: str, **entities: list) -> None:
+    client, limits = MlflowClient(), {"metrics": MAX_METRICS_PER_BATCH}
+    for kind, items in entities.items():
+        size = limits.get(kind, MAX_PARAMS_TAGS_PER_BATCH)
+        for start in range(0, len(items), size):
+            client.log_batch(run_id, **{kind: items[start : start + size]})
+
+
+@contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: leave signal handling to the caller
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def run(
+    cfg: DictConfig,
+    entry_point: str,
+    overrides: list[str] = (),
+    run_id: str | None = None,
+    describe: bool = True,
+    extra_tags: dict[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, with ``run_id``, resume) a run and end it as FINISHED, FAILED or KILLED.
+
+    ``describe`` logs the config as params and the run's tags; a later DVC stage resuming the
+    train stage's run skips it. No path leaves the run RUNNING: an exception marks it FAILED
+    with the error in the ``losslab.error`` tag, Ctrl-C and SIGTERM mark it KILLED.
+    """
+    experiment_id = prepare(cfg)
+    tags = {**run_tags(cfg, entry_point, list(overrides)), **(extra_tags or {})} if describe else {}
+    active = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else experiment_id,
+        run_name=tags.get("mlflow.runName"),
+    )
+    if describe:
+        _log_batch(
+            active.info.run_id,
+            params=[Param(k, v) for k, v in config_params(cfg).items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        mlflow.log_dict(as_plain(cfg), "config/config.yaml")
+        mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
+    with _sigterm_as_exception():
+        try:
+            yield active
+        except (KeyboardInterrupt, Terminated) as stop:
+            mlflow.set_tag("losslab.error", str(stop) or "interrupted")
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except BaseException as error:
+            mlflow.set_tag("losslab.error", _fit(f"{type(error).__name__}: {error}", 5000))
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+class EpochMetrics:
+    """Buffers per-epoch metrics and sends them with ``log_batch`` every few seconds.
+
+    One MLflow call per value costs more than a small model's epoch; batching keeps tracking a
+    few percent of a run while the UI still follows a long run as it trains.
+    """
+
+    def __init__(self, run_id: str, flush_every: float = 10.0) -> None:
+        self.run_id, self.flush_every = run_id, flush_every
+        self.pending: list[Metric] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, epoch: int, logs: dict[str, float]) -> None:
+        stamp = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), stamp, epoch) for k, v in logs.items()]
+        if time.monotonic() - self.last_flush >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            _log_batch(self.run_id, metrics=self.pending)
+        self.pending, self.last_flush = [], time.monotonic()
+
+
+def log_final_metrics(results: dict[str, dict[str, float]]) -> None:
+    """Evaluation results as ``train_loss``, ``test_accuracy``, ..."""
+    mlflow.log_metrics(
+        {f"{split}_{k}": v for split, scores in results.items() for k, v in scores.items()}
+    )
+
+
+def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> None:
+    """The training data as an MLflow dataset input carrying losslab's content hash."""
+    with warnings.catch_warnings():  # a local path matches two equivalent source types
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(
+            arrays["x_train"],
+            targets=arrays["y_train"],
+            source=str(source.resolve()),
+            name=meta["name"],
+            digest=meta["sha256"][:32],
+        )
+    mlflow.log_input(dataset, context="training", tags={"losslab.data_hash": meta["sha256"]})
+
+
+class _KerasSaver:
+    """``mlflow.keras`` with the model folder created before the input example is written.
+
+    mlflow.keras.save_model writes ``input_example.json`` into the folder before it creates it
+    (mlflow#16183); ``Model.log`` accepts any object with a ``save_model`` as the flavor.
+    """
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def log_model(model: Any, example: Any) -> str:
+    """Log the Keras model with its signature and an input example; return the model URI."""
+    import keras
+    from mlflow.models import Model, infer_signature
+
+    example = example[:5]
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    requirements = [f"{p}=={metadata.version(p)}" for p in ("keras", "tensorflow-cpu", "numpy")]
+    keras.config.disable_interactive_logging()  # MLflow's own check predicts with a progress bar
+    try:
+        info = Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=_KerasSaver,
+            flavor_name="mlflow.keras",
+            model=model,
+            signature=signature,
+            input_example=example,
+            pip_requirements=requirements,
+        )
+    finally:
+        keras.config.enable_interactive_logging()
+    return info.model_uri
