@@ -85,10 +85,17 @@ def decision_boundary(model: Any, loss_name: str, data: Dataset, title: str, tar
     outputs = model.predict(grid, batch_size=4096, verbose=0)
     response = losses.predict_labels(spec, outputs).reshape(xx0.shape)
     figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    binary = data.n_classes == 2
     display = DecisionBoundaryDisplay(
-        xx0=xx0, xx1=xx1, n_classes=data.n_classes, response=response, xlabel="x1", ylabel="x2"
+        xx0=xx0,
+        xx1=xx1,
+        n_classes=data.n_classes,
+        response=response,
+        multiclass_colors=None if binary else "coolwarm",
+        xlabel="x1",
+        ylabel="x2",
     )
-    display.plot(ax=axis, cmap="coolwarm", alpha=0.35, levels=np.arange(data.n_classes + 1) - 0.5)
+    display.plot(ax=axis, alpha=0.35, **({"cmap": "coolwarm"} if binary else {}))
     axis.scatter(
         *data.x_test.T, c=data.y_test, cmap="coolwarm", s=12, edgecolors="k", linewidths=0.3
     )
