@@ -5,7 +5,6 @@ A thin ``@hydra.main`` over :func:`run`, which tests and other entry points call
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import hydra
@@ -23,15 +22,13 @@ def run(
     """Validate ``cfg``, then generate, train, evaluate and plot into ``output_dir``.
 
     Data generation happens before the MLflow run starts; the other three steps share one run.
-    Under ``mlflow run`` the run MLflow created (``$MLFLOW_RUN_ID``) is the one filled in.
     """
     cfg = validate(cfg)
     from losslab import steps, tracking
 
     layout = steps.Layout(Path(output_dir))
     steps.generate(cfg, layout)
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    with tracking.run(cfg, "mlflow-run" if run_id else entry_point, overrides, run_id=run_id):
+    with tracking.run(cfg, entry_point, overrides):
         steps.train(cfg, layout)
         results = steps.evaluate(cfg, layout)
         steps.plot(cfg, layout)

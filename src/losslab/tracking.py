@@ -190,26 +190,23 @@ def run(
     """Start (or, with ``run_id``, resume) a run and end it as FINISHED, FAILED or KILLED.
 
     ``describe`` logs the config as params and the run's tags; a later DVC stage resuming the
-    train stage's run skips it. No path leaves the run RUNNING: an exception marks it FAILED
+    train stage's run skips it. Under ``mlflow run`` the run MLflow made ($MLFLOW_RUN_ID) is
+    the one filled in. No path leaves the run RUNNING: an exception marks it FAILED
     with the error in the ``losslab.error`` tag, Ctrl-C and SIGTERM mark it KILLED.
     """
+    if run_id is None and os.environ.get("MLFLOW_RUN_ID"):  # started by `mlflow run`
+        run_id, entry_point = os.environ["MLFLOW_RUN_ID"], "mlflow-run"
     experiment_id = prepare(cfg)
     tags = {**run_tags(cfg, entry_point, list(overrides)), **(extra_tags or {})} if describe else {}
-    active = mlflow.start_run(
-        run_id=run_id,
-        experiment_id=None if run_id else experiment_id,
-        run_name=tags.get("mlflow.runName"),
-    )
-    if describe:
-        _log_batch(
-            active.info.run_id,
-            params=[Param(k, v) for k, v in config_params(cfg).items()],
-            tags=[RunTag(k, v) for k, v in tags.items()],
-        )
-        mlflow.log_dict(as_plain(cfg), "config/config.yaml")
-        mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
     with _sigterm_as_exception():
+        active = mlflow.start_run(
+            run_id=run_id,
+            experiment_id=None if run_id else experiment_id,
+            run_name=tags.get("mlflow.runName"),
+        )
         try:
+            if describe:
+                _describe(active.info.run_id, cfg, tags, list(overrides))
             yield active
         except (KeyboardInterrupt, Terminated) as stop:
             mlflow.set_tag("losslab.error", str(stop) or "interrupted")
@@ -219,7 +216,20 @@ def run(
             mlflow.set_tag("losslab.error", _fit(f"{type(error).__name__}: {error}", 5000))
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             raise
+        if run_id and "losslab.error" in mlflow.get_run(run_id).data.tags:  # an earlier failure
+            MlflowClient().delete_tag(run_id, "losslab.error")
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _describe(run_id: str, cfg: DictConfig, tags: dict[str, str], overrides: list[str]) -> None:
+    """Params, tags and the resolved config of a new run."""
+    _log_batch(
+        run_id,
+        params=[Param(k, v) for k, v in config_params(cfg).items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    mlflow.log_dict(as_plain(cfg), "config/config.yaml")
+    mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
 
 
 class EpochMetrics:
@@ -283,10 +293,16 @@ class _KerasSaver:
 
 
 def log_model(model: Any, example: Any) -> str:
-    """Log the Keras model with its signature and an input example; return the model URI."""
+    """Log the Keras model with its signature and an input example; return the model URI.
+
+    MLflow gets an uncompiled copy with the trained weights: it predicts the same, and it loads
+    anywhere without losslab's custom metrics being importable.
+    """
     import keras
     from mlflow.models import Model, infer_signature
 
+    trained, model = model, type(model).from_config(model.get_config())  # not compiled
+    model.set_weights(trained.get_weights())
     example = example[:5]
     signature = infer_signature(example, model.predict(example, verbose=0))
     requirements = [f"{p}=={metadata.version(p)}" for p in ("keras", "tensorflow-cpu", "numpy")]
