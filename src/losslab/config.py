@@ -106,8 +106,10 @@ def _merge(schema: Any, node: Any, where: str) -> DictConfig:
         key = f"{where}.{error.full_key}" if where and error.full_key else error.full_key or where
         message = str(error.msg).splitlines()[0] if error.msg else type(error).__name__
         if "not in" in message:
-            allowed = ", ".join(OmegaConf.structured(schema).keys())
-            message = f"unknown key; allowed keys: {allowed}"
+            parent = str(error.full_key).rpartition(".")[0]
+            node = OmegaConf.structured(schema)
+            node = OmegaConf.select(node, parent) if parent else node
+            message = f"unknown key; allowed keys: {', '.join(node.keys())}"
         raise ConfigError(f"{key}: {message}") from None
 
 

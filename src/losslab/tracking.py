@@ -7,6 +7,8 @@ all write to one store. ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` point runs 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import platform
@@ -298,7 +300,6 @@ def log_model(model: Any, example: Any) -> str:
     MLflow gets an uncompiled copy with the trained weights: it predicts the same, and it loads
     anywhere without losslab's custom metrics being importable.
     """
-    import keras
     from mlflow.models import Model, infer_signature
 
     trained, model = model, type(model).from_config(model.get_config())  # not compiled
@@ -306,8 +307,7 @@ def log_model(model: Any, example: Any) -> str:
     example = example[:5]
     signature = infer_signature(example, model.predict(example, verbose=0))
     requirements = [f"{p}=={metadata.version(p)}" for p in ("keras", "tensorflow-cpu", "numpy")]
-    keras.config.disable_interactive_logging()  # MLflow's own check predicts with a progress bar
-    try:
+    with contextlib.redirect_stdout(io.StringIO()):  # MLflow's check predicts with a progress bar
         info = Model.log(
             artifact_path=None,
             name="model",
@@ -318,6 +318,4 @@ def log_model(model: Any, example: Any) -> str:
             input_example=example,
             pip_requirements=requirements,
         )
-    finally:
-        keras.config.enable_interactive_logging()
     return info.model_uri

@@ -25,6 +25,8 @@ from losslab.models import build_model
 from losslab.optimizers import build_optimizer
 from losslab.storage import StageInputError
 
+tf.get_logger().setLevel("ERROR")  # retracing notes when one process trains several models
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the message says when and what to change."""

@@ -1,0 +1,421 @@
+"""End-to-end: the DVC pipeline in a clone, the Hydra app, determinism, and bad stage inputs.
+
+Everything runs for real (DVC, Keras, MLflow) in temp dirs; every MLflow run goes to a private
+SQLite store, never to the repo's ``mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, run_env
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
+LOSSLAB = str(BIN / "losslab")
+LOSSLAB_STAGE = str(BIN / "losslab-stage")
+STAGES = ("generate", "train", "evaluate", "plot")
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+PLOTS = ("learning_curves.png", "dataset.png", "decision_boundary.png")
+EPOCHS = 3
+
+
+def run(cmd: list[str], cwd: Path, uri: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=cwd, env=run_env(uri), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def output(done: subprocess.CompletedProcess) -> str:
+    return done.stdout + done.stderr
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    if not experiments:
+        return []
+    return client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000)
+
+
+def read_history(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def shrink_params(path: Path, **changes: object) -> None:
+    params = OmegaConf.load(path)
+    for key, value in changes.items():
+        OmegaConf.update(params, key, value, merge=False)
+    OmegaConf.save(params, path)
+
+
+# --------------------------------------------------------------------------------------------
+# The DVC pipeline in a clone of the committed HEAD, reproduced once for the whole module.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pipeline:
+    clone: Path
+    uri: str
+    first: subprocess.CompletedProcess
+    first_done_ms: int  # every run of the first repro started before this
+    first_run_info: dict
+    first_metrics: dict
+    first_history: str
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    root = tmp_path_factory.mktemp("pipeline")
+    clone = root / "clone"
+    subprocess.run(
+        ["git", "clone", "--quiet", str(REPO_ROOT), str(clone)], check=True, capture_output=True
+    )
+    shrink_params(
+        clone / "params.yaml",
+        **{
+            "trainer.epochs": EPOCHS,
+            "trainer.verbose": 0,
+            "dataset.n_samples": 200,
+            "dataset.n_test": 100,
+        },
+    )
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    first = run([DVC, "repro"], clone, uri)
+    done_ms = int(time.time() * 1000)
+
+    def snapshot(relative: str) -> str:
+        path = clone / relative
+        return path.read_text() if path.is_file() else ""
+
+    return Pipeline(
+        clone=clone,
+        uri=uri,
+        first=first,
+        first_done_ms=done_ms,
+        first_run_info=json.loads(snapshot("model/run.json") or "{}"),
+        first_metrics=json.loads(snapshot("metrics.json") or "{}"),
+        first_history=snapshot("model/history.csv"),
+    )
+
+
+def test_dvc_repro_writes_every_output(pipeline: Pipeline) -> None:
+    assert pipeline.first.returncode == 0, output(pipeline.first)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in output(pipeline.first)
+    clone = pipeline.clone
+    for relative in (
+        "data/dataset.npz",
+        "data/dataset.json",
+        "model/model.keras",
+        "model/history.csv",
+        "model/run.json",
+        "metrics.json",
+        *(f"plots/{name}" for name in PLOTS),
+    ):
+        path = clone / relative
+        assert path.is_file() and path.stat().st_size > 0, f"{relative} missing or empty"
+
+    columns, rows = read_history(clone / "model" / "history.csv")
+    assert columns == HISTORY_COLUMNS
+    assert [int(row["epoch"]) for row in rows] == list(range(1, EPOCHS + 1))
+    assert all(math.isfinite(float(row[c])) for row in rows for c in columns)
+
+    metrics = pipeline.first_metrics
+    assert set(metrics) == {"train", "test"}
+    for split in ("train", "test"):
+        assert set(metrics[split]) == {"loss", "accuracy"}
+        assert math.isfinite(metrics[split]["loss"])
+        assert 0.0 <= metrics[split]["accuracy"] <= 1.0
+
+    shown = run([DVC, "metrics", "show", "--json"], clone, pipeline.uri)
+    assert shown.returncode == 0, output(shown)
+    assert "test.accuracy" in run([DVC, "metrics", "show"], clone, pipeline.uri).stdout
+    by_file = json.loads(shown.stdout)
+    dvc_metrics = next(iter(by_file.values()))["data"]["metrics.json"]["data"]
+    assert dvc_metrics == json.loads((clone / "metrics.json").read_text())
+
+
+def test_dvc_repro_is_a_noop_then_reruns_only_downstream_of_a_changed_param(
+    pipeline: Pipeline,
+) -> None:
+    assert pipeline.first.returncode == 0, output(pipeline.first)
+    clone = pipeline.clone
+    lock_before = (clone / "dvc.lock").read_bytes()
+
+    again = run([DVC, "repro"], clone, pipeline.uri)
+    text = output(again)
+    assert again.returncode == 0, text
+    assert "Running stage" not in text
+    assert "Data and pipelines are up to date" in text
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change" in text
+    assert (clone / "dvc.lock").read_bytes() == lock_before
+
+    params = OmegaConf.load(clone / "params.yaml")
+    shrink_params(
+        clone / "params.yaml", **{"optimizer.learning_rate": params.optimizer.learning_rate * 2}
+    )
+    changed = run([DVC, "repro"], clone, pipeline.uri)
+    text = output(changed)
+    assert changed.returncode == 0, text
+    assert "Running stage 'generate'" not in text
+    assert "Stage 'generate' didn't change" in text
+    for stage in ("train", "evaluate", "plot"):
+        assert f"Running stage '{stage}'" in text
+    new_run = json.loads((clone / "model" / "run.json").read_text())["run_id"]
+    assert new_run != pipeline.first_run_info["run_id"]
+
+
+def test_dataset_hash_and_bytes_are_reproducible(pipeline: Pipeline, tmp_path: Path) -> None:
+    from losslab import steps
+    from losslab.config import load_params
+    from losslab.datasets import make_dataset
+
+    assert pipeline.first.returncode == 0, output(pipeline.first)
+    clone = pipeline.clone
+    cfg = load_params(clone / "params.yaml")
+    meta = json.loads((clone / "data" / "dataset.json").read_text())
+    assert meta["sha256"] == make_dataset(cfg.dataset).content_hash()
+
+    first, second = steps.Layout(tmp_path / "a"), steps.Layout(tmp_path / "b")
+    steps.generate(cfg, first)
+    steps.generate(cfg, second)
+    assert first.data.read_bytes() == second.data.read_bytes()
+    assert first.data.read_bytes() == (clone / "data" / "dataset.npz").read_bytes()
+    assert first.data_meta.read_bytes() == second.data_meta.read_bytes()
+
+
+def test_dvc_repro_makes_exactly_one_mlflow_run(pipeline: Pipeline) -> None:
+    assert pipeline.first.returncode == 0, output(pipeline.first)
+    runs = [r for r in all_runs(pipeline.uri) if r.info.start_time <= pipeline.first_done_ms]
+    assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
+    (found,) = runs
+    run_id = found.info.run_id
+    assert run_id == pipeline.first_run_info["run_id"]
+    assert found.info.status == "FINISHED"
+    assert found.data.tags["losslab.entry_point"] == "dvc"
+
+    client = MlflowClient(tracking_uri=pipeline.uri)
+    loss_history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+    assert [m.step for m in loss_history] == list(range(1, EPOCHS + 1))
+    csv_losses = [float(row["loss"]) for row in csv.DictReader(pipeline.first_history.splitlines())]
+    assert [m.value for m in loss_history] == pytest.approx(csv_losses, rel=1e-6)
+    for split in ("train", "test"):
+        for name in ("loss", "accuracy"):
+            logged = found.data.metrics[f"{split}_{name}"]
+            assert logged == pytest.approx(pipeline.first_metrics[split][name], rel=1e-6)
+
+    artifacts = {Path(a.path).name for a in client.list_artifacts(run_id, "plots")}
+    assert set(PLOTS) <= artifacts
+
+
+# --------------------------------------------------------------------------------------------
+# The Hydra app.
+# --------------------------------------------------------------------------------------------
+
+
+def test_losslab_app_runs_a_preset(tmp_path: Path, tracking_uri: str) -> None:
+    out = tmp_path / "out"
+    done = run(
+        [
+            LOSSLAB,
+            "experiment=circles_hinge",
+            "trainer.epochs=2",
+            "dataset.n_samples=200",
+            "dataset.n_test=100",
+            "trainer.verbose=0",
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+        tracking_uri,
+    )
+    assert done.returncode == 0, output(done)
+    assert str(out) in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_lines = [line for line in done.stdout.splitlines() if line.strip().startswith("test:")]
+    assert len(test_lines) == 1, done.stdout
+    assert f"accuracy={metrics['test']['accuracy']:.4f}" in test_lines[0]
+
+    assert (out / "model" / "model.keras").is_file()
+    for name in PLOTS:
+        assert (out / "plots" / name).is_file(), name
+    composed = OmegaConf.load(out / ".hydra" / "config.yaml")
+    assert composed.preset == "circles_hinge"
+    assert composed.loss.name == "hinge"
+    assert composed.trainer.epochs == 2
+
+    runs = all_runs(tracking_uri)
+    assert [(r.info.status, r.data.tags["losslab.entry_point"]) for r in runs] == [
+        ("FINISHED", "cli")
+    ]
+
+
+@pytest.mark.slow
+def test_losslab_multirun_sweeps_two_losses(tmp_path: Path, tracking_uri: str) -> None:
+    sweep = tmp_path / "multi"
+    done = run(
+        [
+            LOSSLAB,
+            "-m",
+            "loss=mse,mae",
+            "dataset=regression",
+            "trainer.epochs=2",
+            "dataset.n_samples=200",
+            "dataset.n_test=100",
+            "trainer.verbose=0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        tracking_uri,
+    )
+    assert done.returncode == 0, output(done)
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert [job.name for job in jobs] == ["0", "1"]
+    runs = all_runs(tracking_uri)
+    assert len(runs) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["losslab.loss"] for r in runs} == {"mse", "mae"}
+    assert {r.data.tags["losslab.entry_point"] for r in runs} == {"multirun"}
+
+
+# --------------------------------------------------------------------------------------------
+# Determinism and the hinge accuracy, in process.
+# --------------------------------------------------------------------------------------------
+
+
+def test_same_config_gives_identical_history_and_metrics(tiny_cfg, tmp_path: Path) -> None:
+    from losslab.app import run as run_app
+    from losslab.steps import Layout
+
+    cfg = tiny_cfg("experiment=separable_hinge", epochs=3)
+    first, second, reseeded = (Layout(tmp_path / name) for name in ("a", "b", "c"))
+    run_app(cfg, first.root)
+    run_app(cfg, second.root)
+    assert first.history.read_bytes() == second.history.read_bytes()
+    assert json.loads(first.metrics.read_text()) == json.loads(second.metrics.read_text())
+
+    run_app(tiny_cfg("experiment=separable_hinge", "seed=1", epochs=3), reseeded.root)
+    assert reseeded.history.read_bytes() != first.history.read_bytes()
+
+
+def test_hinge_accuracy_is_sign_agreement(tiny_cfg, tmp_path: Path) -> None:
+    import keras
+
+    import losslab.metrics  # noqa: F401  (registers sign_accuracy for load_model)
+    from losslab.app import run as run_app
+    from losslab.steps import Layout
+
+    layout = Layout(tmp_path / "out")
+    run_app(tiny_cfg("experiment=circles_hinge", epochs=20, n_samples=400), layout.root)
+    metrics = json.loads(layout.metrics.read_text())
+    model = keras.models.load_model(layout.model)
+    with np.load(layout.data) as arrays:
+        splits = {s: (arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "test")}
+    for split, (x, y) in splits.items():
+        outputs = model.predict(x, verbose=0).reshape(-1)
+        agreement = float(np.mean(np.sign(outputs) == np.sign(2.0 * y - 1.0)))
+        assert metrics[split]["accuracy"] == pytest.approx(agreement, abs=1e-6), split
+
+
+# --------------------------------------------------------------------------------------------
+# Bad stage inputs: one line on stderr, exit 2, and no MLflow run left RUNNING.
+# --------------------------------------------------------------------------------------------
+
+
+def error_lines(done: subprocess.CompletedProcess, step: str) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.startswith(f"losslab-stage {step}:")]
+
+
+def assert_no_run_running(uri: str) -> list:
+    runs = all_runs(uri)
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    return runs
+
+
+@pytest.fixture
+def stage_dir(tmp_path: Path, tracking_uri: str) -> Path:
+    """A folder with a small params.yaml, its generated data, and the train stage's run.json
+    pointing at a finished run in the temp store, as after a successful train stage."""
+    from losslab import steps
+    from losslab.config import load_params
+    from losslab.storage import write_json
+
+    root = tmp_path / "stage"
+    root.mkdir()
+    shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")
+    shrink_params(root / "params.yaml", **{"dataset.n_samples": 200, "dataset.n_test": 100})
+    cfg = load_params(root / "params.yaml")
+    layout = steps.Layout(root)
+    steps.generate(cfg, layout)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment("losslab")
+    )
+    created = client.create_run(experiment_id)
+    client.set_terminated(created.info.run_id, "FINISHED")
+    write_json(layout.run_info, {"run_id": created.info.run_id})
+    layout.model.write_bytes(b"placeholder, not read before the data")
+    return root
+
+
+def test_unknown_loss_is_one_line_without_traceback(tmp_path: Path, tracking_uri: str) -> None:
+    params = OmegaConf.load(REPO_ROOT / "params.yaml")
+    params.loss = {"name": "nope"}
+    OmegaConf.save(params, tmp_path / "params.yaml")
+    done = run([LOSSLAB_STAGE, "train"], tmp_path, tracking_uri)
+    assert done.returncode == 2, output(done)
+    assert "Traceback" not in output(done)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "'nope'" in lines[0]
+    from losslab.losses import LOSSES
+
+    assert all(name in lines[0] for name in LOSSES), lines[0]
+    assert assert_no_run_running(tracking_uri) == []
+    assert not (tmp_path / "model").exists()
+
+
+def test_truncated_dataset_is_named(stage_dir: Path, tracking_uri: str) -> None:
+    npz = stage_dir / "data" / "dataset.npz"
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    done = run([LOSSLAB_STAGE, "evaluate"], stage_dir, tracking_uri)
+    assert done.returncode == 2, output(done)
+    assert "Traceback" not in output(done)
+    lines = error_lines(done, "evaluate")
+    assert len(lines) == 1, done.stderr
+    assert "data/dataset.npz" in lines[0]
+    runs = assert_no_run_running(tracking_uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not (stage_dir / "metrics.json").exists()
+
+
+def test_garbage_model_is_named(stage_dir: Path, tracking_uri: str) -> None:
+    model = stage_dir / "model" / "model.keras"
+    model.write_bytes(np.random.default_rng(0).bytes(4096))
+    done = run([LOSSLAB_STAGE, "evaluate"], stage_dir, tracking_uri)
+    assert done.returncode == 2, output(done)
+    assert "Traceback" not in output(done)
+    lines = error_lines(done, "evaluate")
+    assert len(lines) == 1, done.stderr
+    assert "model/model.keras" in lines[0]
+    runs = assert_no_run_running(tracking_uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not (stage_dir / "metrics.json").exists()
