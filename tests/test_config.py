@@ -153,11 +153,6 @@ def test_loss_refusal_lists_only_losses_for_the_dataset(compose_raw):
     assert not names & {"bce", "hinge", "squared_hinge", "mse"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config._merge lists the top-level Config keys (seed, preset, ...) as allowed "
-    "for an unknown nested key like trainer.foo, instead of the trainer's own keys",
-)
 @pytest.mark.parametrize(
     ("override", "allowed", "not_allowed"),
     [

@@ -7,8 +7,6 @@ all write to one store. ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` point runs 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import platform
@@ -289,7 +287,7 @@ class _KerasSaver:
     __name__ = "mlflow.keras"
 
     @staticmethod
-    def save_model(path: str, **kwargs: Any) -> None:
+    def save_model(path: str, validate_serving_input: bool = False, **kwargs: Any) -> None:
         os.makedirs(path, exist_ok=True)
         mlflow.keras.save_model(path=path, **kwargs)
 
@@ -300,22 +298,23 @@ def log_model(model: Any, example: Any) -> str:
     MLflow gets an uncompiled copy with the trained weights: it predicts the same, and it loads
     anywhere without losslab's custom metrics being importable.
     """
+    import keras
     from mlflow.models import Model, infer_signature
 
     trained, model = model, type(model).from_config(model.get_config())  # not compiled
     model.set_weights(trained.get_weights())
     example = example[:5]
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
     requirements = [f"{p}=={metadata.version(p)}" for p in ("keras", "tensorflow-cpu", "numpy")]
-    with contextlib.redirect_stdout(io.StringIO()):  # MLflow's check predicts with a progress bar
-        info = Model.log(
-            artifact_path=None,
-            name="model",
-            flavor=_KerasSaver,
-            flavor_name="mlflow.keras",
-            model=model,
-            signature=signature,
-            input_example=example,
-            pip_requirements=requirements,
-        )
+    info = Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=_KerasSaver,
+        flavor_name="mlflow.keras",
+        model=model,
+        signature=signature,
+        input_example=example,
+        pip_requirements=requirements,
+        validate_serving_input=False,  # reloading to predict costs more than a short run
+    )
     return info.model_uri
