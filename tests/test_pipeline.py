@@ -267,7 +267,6 @@ def test_losslab_app_runs_a_preset(tmp_path: Path, tracking_uri: str) -> None:
     ]
 
 
-@pytest.mark.slow
 def test_losslab_multirun_sweeps_two_losses(tmp_path: Path, tracking_uri: str) -> None:
     sweep = tmp_path / "multi"
     done = run(
@@ -367,7 +366,9 @@ def stage_dir(tmp_path: Path, tracking_uri: str) -> Path:
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment("losslab")
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(cfg.tracking.experiment)
     )
     created = client.create_run(experiment_id)
     client.set_terminated(created.info.run_id, "FINISHED")
