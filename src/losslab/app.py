@@ -5,49 +5,85 @@ A thin ``@hydra.main`` over :func:`run`, which tests and other entry points call
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from losslab.cli import reported_errors
+from losslab.cli import JobFailed, reported_errors
 from losslab.config import validate
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def run(
-    cfg: DictConfig, output_dir: Path, entry_point: str = "cli", overrides: list[str] = ()
+    cfg: DictConfig,
+    output_dir: Path,
+    entry_point: str = "cli",
+    overrides: list[str] = (),
+    extra_tags: dict[str, str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Validate ``cfg``, then generate, train, evaluate and plot into ``output_dir``.
 
     Data generation happens before the MLflow run starts; the other three steps share one run.
+    Returns the train and test scores, and the last epoch's validation scores.
     """
     cfg = validate(cfg)
     from losslab import steps, tracking
+    from losslab.storage import read_history_csv
 
     layout = steps.Layout(Path(output_dir))
     steps.generate(cfg, layout)
-    with tracking.run(cfg, entry_point, overrides):
+    with tracking.run(cfg, entry_point, overrides, extra_tags=extra_tags):
         steps.train(cfg, layout)
         results = steps.evaluate(cfg, layout)
         steps.plot(cfg, layout)
+    history = read_history_csv(layout.history)
+    results["validation"] = {k[4:]: v[-1] for k, v in history.items() if k.startswith("val_")}
     return results
 
 
+def objective(results: dict[str, dict[str, float]], metric: str) -> float:
+    """The value a sweeper optimizes, e.g. ``validation.loss`` or ``test.accuracy``."""
+    split, _, name = metric.partition(".")
+    return results[split][name]
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """In a multirun, each job is a child of the sweep's parent run and trains without a
+    progress bar (the sweep prints jobs done and time left); a failing job fails alone."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from losslab.sweep import PARENT_RUN_ENV
+
     hydra_cfg = HydraConfig.get()
-    entry_point = "multirun" if hydra_cfg.mode == RunMode.MULTIRUN else "cli"
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    with reported_errors("losslab"):
-        results = run(cfg, output_dir, entry_point, list(hydra_cfg.overrides.task))
+    extra_tags = None
+    if multirun:
+        extra_tags = {"losslab.job": str(hydra_cfg.job.num)}
+        if os.environ.get(PARENT_RUN_ENV):
+            extra_tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+        with open_dict(cfg):
+            cfg.trainer.verbose = 0
+    with reported_errors("losslab", raise_instead=JobFailed if multirun else None):
+        results = run(
+            cfg,
+            output_dir,
+            "multirun" if multirun else "cli",
+            list(hydra_cfg.overrides.task),
+            extra_tags,
+        )
         print(f"losslab: outputs in {output_dir}")
-        for split, scores in results.items():
-            print(f"  {split}: " + ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+        for split in ("train", "test"):
+            scores = ", ".join(f"{k}={v:.4f}" for k, v in results[split].items())
+            print(f"  {split}: {scores}")
+        if cfg.get("optimized_metric"):
+            return objective(results, cfg.optimized_metric)
+    return None
 
 
 if __name__ == "__main__":

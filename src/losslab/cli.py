@@ -10,8 +10,11 @@ from losslab.config import ConfigError
 from losslab.storage import StageInputError
 
 EXIT_USER_ERROR = 2
-EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+
+
+class JobFailed(RuntimeError):
+    """A sweep job's user error, raised so Hydra marks that job failed and runs the others."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -23,8 +26,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def reported_errors(program: str) -> Iterator[None]:
-    """Turn user errors and interruptions into a message on stderr and an exit status."""
+def reported_errors(program: str, raise_instead: type[Exception] | None = None) -> Iterator[None]:
+    """Turn user errors and interruptions into a message on stderr and an exit status.
+
+    With ``raise_instead``, a user error is re-raised as that exception (with the same one-line
+    message) instead of exiting, so a caller such as a sweep can go on.
+    """
     from losslab.tracking import Terminated
 
     try:
@@ -34,4 +41,6 @@ def reported_errors(program: str) -> Iterator[None]:
         raise SystemExit(EXIT_INTERRUPTED) from None
     except _user_errors() as error:
         print(f"{program}: error: {error}", file=sys.stderr)
+        if raise_instead is not None:
+            raise raise_instead(str(error)) from None
         raise SystemExit(EXIT_USER_ERROR) from None

@@ -96,6 +96,7 @@ class Config:
     optimizer: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    optimized_metric: str | None = None  # what a sweeper optimizes, e.g. validation.loss
 
 
 def _merge(schema: Any, node: Any, where: str) -> DictConfig:
@@ -149,6 +150,7 @@ def validate(raw: DictConfig | dict) -> DictConfig:
         raise ConfigError(f"{error.full_key}: missing a value") from None
     _check_values(cfg)
     _check_loss_fits(cfg)
+    _check_optimized_metric(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -228,3 +230,15 @@ def load_params(path: str | Path = "params.yaml") -> DictConfig:
 def as_plain(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain Python values (enums as their values), for YAML, JSON and MLflow."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def _check_optimized_metric(cfg: DictConfig) -> None:
+    if cfg.optimized_metric is None:
+        return
+    names = ("loss", *losses.get(cfg.loss.name).metrics)
+    allowed = [f"{split}.{name}" for split in ("validation", "test", "train") for name in names]
+    _check(
+        cfg.optimized_metric in allowed,
+        f"optimized_metric: '{cfg.optimized_metric}' is not reported for loss '{cfg.loss.name}'; "
+        f"choose one of: {', '.join(allowed)}",
+    )

@@ -30,6 +30,7 @@ class DatasetParams:
     n_test: int = 500
     test_first: bool = False
     standardize: bool = False
+    success_accuracy: float | None = None  # test accuracy that counts as solved, for reports
 
 
 @dataclass

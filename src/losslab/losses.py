@@ -61,6 +61,8 @@ class LossSpec:
         return n_classes if self.encoding in (Encoding.ONE_HOT, Encoding.INTEGER) else 1
 
 
+METRIC_GOALS = {"accuracy": "max", "mse": "min"}  # which way is better, for reports
+
 _REGRESSION = dict(task=Task.REGRESSION, encoding=Encoding.FLOAT, metrics=("mse",))
 
 LOSSES: dict[str, LossSpec] = {

@@ -21,14 +21,14 @@ from losslab.storage import atomic_path  # noqa: E402
 GRID_STEPS = 200
 
 
-def _save(figure: plt.Figure, target: Path) -> Path:
+def save_figure(figure: plt.Figure, target: Path) -> Path:
     with atomic_path(target) as tmp:
         figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(figure)
     return target
 
 
-def _spans_decades(values: np.ndarray) -> bool:
+def spans_decades(values: np.ndarray) -> bool:
     finite = values[np.isfinite(values) & (values > 0)]
     return finite.size == values.size and finite.size > 0 and finite.max() / finite.min() > 100
 
@@ -43,13 +43,13 @@ def learning_curves(history: dict[str, list[float]], title: str, target: Path) -
         axis.plot(epochs, history[name], label="train")
         if f"val_{name}" in history:
             axis.plot(epochs, history[f"val_{name}"], label="validation")
-        if _spans_decades(values):
+        if spans_decades(values):
             axis.set_yscale("log")
         axis.set(xlabel="epoch", ylabel=name, title=name)
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle(title)
-    return _save(figure, target)
+    return save_figure(figure, target)
 
 
 def _projection(data: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
@@ -72,7 +72,7 @@ def dataset_scatter(data: Dataset, title: str, target: Path) -> Path:
     figure.colorbar(shown, ax=axis, label="target" if data.task is Task.REGRESSION else "class")
     axis.set(xlabel=f"{axis_name}1", ylabel=f"{axis_name}2", title=title)
     axis.legend()
-    return _save(figure, target)
+    return save_figure(figure, target)
 
 
 def decision_boundary(model: Any, loss_name: str, data: Dataset, title: str, target: Path) -> Path:
@@ -100,7 +100,7 @@ def decision_boundary(model: Any, loss_name: str, data: Dataset, title: str, tar
         *data.x_test.T, c=data.y_test, cmap="coolwarm", s=12, edgecolors="k", linewidths=0.3
     )
     axis.set_title(title)
-    return _save(figure, target)
+    return save_figure(figure, target)
 
 
 def can_draw_boundary(data: Dataset) -> bool:

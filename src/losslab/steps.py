@@ -8,6 +8,7 @@ that need them, so config errors are reported without loading them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,12 @@ def train(cfg: DictConfig, layout: Layout) -> None:
     run_id = mlflow.active_run().info.run_id
     epochs = tracking.EpochMetrics(run_id)
     logger = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: epochs.add(e + 1, logs))
+    started = time.perf_counter()
     try:
         result = training.fit(cfg, data, callbacks=[logger])
     finally:
         epochs.flush()
+    mlflow.log_metric("train_seconds", time.perf_counter() - started)
     with atomic_path(layout.model) as tmp:
         result.model.save(tmp)
     write_history_csv(layout.history, result.history)

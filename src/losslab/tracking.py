@@ -46,7 +46,11 @@ class Terminated(BaseException):
 
 def tracking_uri(cfg: DictConfig) -> str:
     """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite at the project root."""
-    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+    return resolve_uri(cfg.tracking.uri)
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
 def default_uri() -> str:

@@ -1,0 +1,168 @@
+"""A Hydra callback that turns a multirun into one parent MLflow run with a child run per job.
+
+``on_multirun_start`` creates the store, the experiment and the parent run before any job
+starts (parallel jobs opening a fresh SQLite store race its schema migration otherwise).
+Each job learns the parent's id in ``on_job_start`` (which runs in the job's own process, for
+the joblib launcher too), reports progress in ``on_job_end``, and ``on_multirun_end`` ends the
+parent with the sweep's outcome and writes the report into it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+PARENT_RUN_ENV = "LOSSLAB_PARENT_RUN_ID"
+_PROGRESS = ".losslab-progress"
+
+
+def count_jobs(hydra_cfg: DictConfig, conf_dir: Path) -> int | None:
+    """How many jobs a basic sweep will launch (None for sweepers that decide as they go)."""
+    sweeper = hydra_cfg.sweeper
+    if "n_trials" in sweeper:
+        return int(sweeper.n_trials)
+    arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    arguments += list(hydra_cfg.overrides.task)
+    sizes: dict[str, int] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            sizes[key] = 1
+        elif isinstance(override.value(), Glob):
+            options = [p.stem for p in (conf_dir / key).glob("*.yaml")]
+            sizes[key] = len(override.value().filter(options))
+        elif override.is_discrete_sweep():
+            sizes[key] = len(list(override.sweep_string_iterator()))
+        else:
+            return None
+    return math.prod(sizes.values())
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60:d}:{minutes % 60:02d}:{seconds:02d}"
+
+
+class SweepTracker(Callback):
+    """Parent/child MLflow runs and progress (jobs done/total, time left) for ``losslab -m``."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.tracking_uri: str | None = None
+        self.total: int | None = None
+        self.started = 0.0
+        self.sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from losslab import tracking
+        from losslab.app import CONF_DIR
+
+        hydra_cfg = config.hydra
+        overrides = list(hydra_cfg.overrides.task)
+        study = hydra_cfg.runtime.choices.get("study") or ""
+        experiment_id = tracking.prepare(config)
+        self.tracking_uri = tracking.tracking_uri(config)
+        self.total = count_jobs(hydra_cfg, CONF_DIR)
+        self.sweep_dir = Path(hydra_cfg.sweep.dir)
+        (self.sweep_dir / _PROGRESS).mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+        name = f"sweep·{study or ' '.join(overrides)}"[:200]
+        tags = {
+            "losslab.sweep": "true",
+            "losslab.study": study,
+            "losslab.overrides": " ".join(overrides),
+            "losslab.n_jobs": str(self.total or ""),
+            "losslab.sweep_dir": str(self.sweep_dir.resolve()),
+            "losslab.entry_point": "multirun",
+            "mlflow.runName": name,
+        }
+        run = MlflowClient(self.tracking_uri).create_run(experiment_id, tags=tags, run_name=name)
+        self.parent_run_id = run.info.run_id
+        atexit.register(self._end_if_interrupted)
+        print(
+            f"losslab: sweep of {self.total or '?'} jobs, MLflow parent run {self.parent_run_id}",
+            file=sys.stderr,
+        )
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_run_id:
+            os.environ[PARENT_RUN_ENV] = self.parent_run_id
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if self.sweep_dir is None:
+            return
+        job = config.hydra.job.num
+        outcome = "ok" if job_return.status == JobStatus.COMPLETED else "failed"
+        (self.sweep_dir / _PROGRESS / f"{job}.{outcome}").touch()
+        finished = list((self.sweep_dir / _PROGRESS).iterdir())
+        done, failed = len(finished), sum(p.suffix == ".failed" for p in finished)
+        elapsed = time.time() - self.started
+        line = f"losslab: sweep {done}/{self.total or '?'} jobs done"
+        if failed:
+            line += f" ({failed} failed)"
+        line += f", {_clock(elapsed)} elapsed"
+        if self.total:
+            line += f", ~{_clock(elapsed / done * (self.total - done))} left"
+        print(line, file=sys.stderr, flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._close(interrupted=False)
+
+    def _end_if_interrupted(self) -> None:
+        """At exit, after a sweep that skipped ``on_multirun_end`` (failed job, Ctrl-C, SIGTERM)."""
+        self._close(interrupted=True)
+
+    def _close(self, interrupted: bool) -> None:
+        """End the parent run: FINISHED when every job finished, else FAILED (jobs failed) or
+        KILLED (the sweep was stopped); publish the report of the children either way."""
+        if self.parent_run_id is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        from losslab import report
+
+        parent, self.parent_run_id = self.parent_run_id, None
+        client = MlflowClient(self.tracking_uri)
+        children = report.child_runs(client, parent)
+        finished = sum(run.info.status == "FINISHED" for run in children)
+        client.set_tag(parent, "losslab.children_finished", f"{finished}/{len(children)}")
+        if finished:
+            report.publish(client, children, self.sweep_dir / "report", parent_run_id=parent)
+        best = self._best_trial()
+        if best:
+            client.set_tag(parent, "losslab.best_trial", best)
+        accounted = len(list((self.sweep_dir / _PROGRESS).iterdir()))
+        if not interrupted and finished == len(children) == (self.total or len(children)):
+            status = "FINISHED"
+        elif self.total is None or accounted >= self.total:
+            status = "FAILED"
+            client.set_tag(parent, "losslab.error", f"{len(children) - finished} job(s) failed")
+        else:
+            status = "KILLED"
+            client.set_tag(
+                parent, "losslab.error", f"stopped after {accounted} of {self.total} jobs"
+            )
+        client.set_terminated(parent, status)
+
+    def _best_trial(self) -> str | None:
+        """Optuna's best parameters and value, as the optuna sweeper wrote them."""
+        results = self.sweep_dir / "optimization_results.yaml"
+        if not results.is_file():
+            return None
+        best = OmegaConf.load(results)
+        params = " ".join(f"{k}={v}" for k, v in best.best_params.items())
+        return f"{params} → {best.best_value}"
