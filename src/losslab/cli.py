@@ -6,6 +6,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from hydra.errors import CompactHydraException
+
 from losslab.config import ConfigError
 from losslab.storage import StageInputError
 
@@ -13,8 +15,9 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-class JobFailed(RuntimeError):
-    """A sweep job's user error, raised so Hydra marks that job failed and runs the others."""
+class JobFailed(CompactHydraException):
+    """A sweep job's user error: Hydra marks that job failed, runs the others, and at the end
+    reports the message without a traceback (it prints compact exceptions as one line)."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -84,6 +84,7 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite at the repo root
     experiment: str = "losslab"
+    enabled: bool = True  # false: outputs only, no MLflow run (e.g. to measure what logging costs)
 
 
 @dataclass

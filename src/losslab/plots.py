@@ -105,3 +105,47 @@ def decision_boundary(model: Any, loss_name: str, data: Dataset, title: str, tar
 
 def can_draw_boundary(data: Dataset) -> bool:
     return data.n_features == 2 and data.task is not Task.REGRESSION
+
+
+def loss_shapes(target: Path) -> Path:
+    """Each binary loss against the model's raw output for a positive example (through each
+    output activation the registry allows), and each regression loss against the error."""
+    import keras
+
+    from losslab.losses import LOSSES
+
+    scores = np.linspace(-3, 3, 301).astype("float32")
+    figure, (binary, regression) = plt.subplots(1, 2, figsize=(11, 4))
+    for spec in LOSSES.values():
+        if spec.task is Task.BINARY:
+            truth = losses.encode_targets(spec, np.ones(len(scores)), 2)
+            for activation in spec.activations:
+                outputs = keras.activations.get(activation)(scores.reshape(-1, 1))
+                value = keras.losses.get(spec.keras_name)(truth, outputs)
+                style = "-" if activation == spec.default_activation else "--"
+                binary.plot(
+                    scores,
+                    keras.ops.convert_to_numpy(value),
+                    style,
+                    label=f"{spec.name} ({activation})",
+                )
+        elif spec.task is Task.REGRESSION:
+            truth = np.ones((len(scores), 1), dtype="float32")  # positive, so msle is defined
+            value = keras.losses.get(spec.keras_name)(truth, truth + scores.reshape(-1, 1))
+            regression.plot(scores, keras.ops.convert_to_numpy(value), label=spec.name)
+    binary.set(
+        xlabel="raw output z (before the head's activation); target +1",
+        ylabel="loss",
+        title="binary losses",
+        ylim=(0, 4),
+    )
+    regression.set(
+        xlabel="error (prediction − target), target 1",
+        ylabel="loss",
+        title="regression losses",
+        ylim=(0, 4),
+    )
+    for axis in (binary, regression):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return save_figure(figure, target)

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import time
 import warnings
@@ -32,10 +33,10 @@ from mlflow.utils.validation import (
 )
 from omegaconf import DictConfig
 
-from losslab.config import as_plain
+from losslab.config import ConfigError, as_plain
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-ENTRY_POINTS = ("dvc", "cli", "multirun", "mlflow-run")
+ENTRY_POINTS = ("dvc", "cli", "multirun", "mlflow-run", "rerun")
 TRUNCATED = "...[truncated]"
 _VERSIONED = ("tensorflow-cpu", "keras", "mlflow", "hydra-core", "dvc", "numpy", "scikit-learn")
 
@@ -69,10 +70,13 @@ def masked_uri(uri: str) -> str:
 def prepare(cfg: DictConfig) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id.
 
-    For SQLite the store's schema migration and the experiment's creation happen under a file
-    lock, so jobs starting together on a fresh store do not race each other.
+    A server that does not answer is reported at once (MLflow's client would retry for
+    minutes). For SQLite the store's schema migration and the experiment's creation happen
+    under a file lock, so jobs starting together on a fresh store do not race each other.
     """
     uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        _check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         from filelock import FileLock
@@ -83,6 +87,19 @@ def prepare(cfg: DictConfig) -> str:
             artifacts = (db_path.parent / "mlartifacts").as_uri()
             return _experiment_id(cfg.tracking.experiment, artifacts)
     return _experiment_id(cfg.tracking.experiment, None)
+
+
+def _check_reachable(uri: str) -> None:
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+    except requests.RequestException as error:
+        reason = type(error).__name__
+        raise ConfigError(
+            f"tracking.uri: the MLflow server at {masked_uri(uri)} does not answer ({reason}); "
+            "start it, or unset MLFLOW_TRACKING_URI / tracking.uri to use the local mlflow.db"
+        ) from None
 
 
 def _experiment_id(name: str, artifact_location: str | None) -> str:
@@ -107,10 +124,18 @@ def _fit(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
 
 
+def public_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain values, with any password in the tracking URI masked."""
+    plain = as_plain(cfg)
+    if plain["tracking"]["uri"]:
+        plain["tracking"]["uri"] = masked_uri(plain["tracking"]["uri"])
+    return plain
+
+
 def config_params(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as MLflow params, truncated visibly to MLflow's limits."""
     params = {}
-    for key, value in flatten(as_plain(cfg)).items():
+    for key, value in flatten(public_config(cfg)).items():
         text = json.dumps(value) if isinstance(value, list | dict) else str(value)
         params[_fit(key, MAX_ENTITY_KEY_LENGTH)] = _fit(text, MAX_PARAM_VAL_LENGTH)
     return params
@@ -130,7 +155,7 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     versions = {"version.python": platform.python_version()}
     for package in _VERSIONED:
         try:
@@ -153,7 +178,7 @@ def run_tags(cfg: DictConfig, entry_point: str, overrides: list[str]) -> dict[st
         "losslab.tracking_uri": masked_uri(tracking_uri(cfg)),
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
         "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
-        **_versions(),
+        **library_versions(),
     }
     return {key: _fit(str(value), 5000) for key, value in tags.items()}
 
@@ -190,14 +215,19 @@ def run(
     run_id: str | None = None,
     describe: bool = True,
     extra_tags: dict[str, str] | None = None,
-) -> Iterator[mlflow.ActiveRun]:
+) -> Iterator[mlflow.ActiveRun | None]:
     """Start (or, with ``run_id``, resume) a run and end it as FINISHED, FAILED or KILLED.
 
     ``describe`` logs the config as params and the run's tags; a later DVC stage resuming the
     train stage's run skips it. Under ``mlflow run`` the run MLflow made ($MLFLOW_RUN_ID) is
     the one filled in. No path leaves the run RUNNING: an exception marks it FAILED
-    with the error in the ``losslab.error`` tag, Ctrl-C and SIGTERM mark it KILLED.
+    with the error in the ``losslab.error`` tag, Ctrl-C and SIGTERM mark it KILLED. With
+    ``tracking.enabled: false`` no run is started and the log functions below do nothing.
     """
+    if not cfg.tracking.enabled:
+        with _sigterm_as_exception():
+            yield None
+        return
     if run_id is None and os.environ.get("MLFLOW_RUN_ID"):  # started by `mlflow run`
         run_id, entry_point = os.environ["MLFLOW_RUN_ID"], "mlflow-run"
     experiment_id = prepare(cfg)
@@ -209,6 +239,8 @@ def run(
             run_name=tags.get("mlflow.runName"),
         )
         try:
+            # which process holds the run, so losslab-doctor can tell a dead one from a live one
+            mlflow.set_tags({"losslab.pid": str(os.getpid()), "losslab.host": socket.gethostname()})
             if describe:
                 _describe(active.info.run_id, cfg, tags, list(overrides))
             yield active
@@ -232,7 +264,7 @@ def _describe(run_id: str, cfg: DictConfig, tags: dict[str, str], overrides: lis
         params=[Param(k, v) for k, v in config_params(cfg).items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
-    mlflow.log_dict(as_plain(cfg), "config/config.yaml")
+    mlflow.log_dict(public_config(cfg), "config/config.yaml")
     mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
 
 
@@ -260,8 +292,29 @@ class EpochMetrics:
         self.pending, self.last_flush = [], time.monotonic()
 
 
+def active() -> bool:
+    """Whether there is a run to log to; every log function below is a no-op without one."""
+    return mlflow.active_run() is not None
+
+
+def epoch_metrics() -> EpochMetrics | None:
+    return EpochMetrics(mlflow.active_run().info.run_id) if active() else None
+
+
+def log_artifact(path: Path, folder: str) -> None:
+    if active():
+        mlflow.log_artifact(str(path), folder)
+
+
+def log_metric(name: str, value: float) -> None:
+    if active():
+        mlflow.log_metric(name, value)
+
+
 def log_final_metrics(results: dict[str, dict[str, float]]) -> None:
     """Evaluation results as ``train_loss``, ``test_accuracy``, ..."""
+    if not active():
+        return
     mlflow.log_metrics(
         {f"{split}_{k}": v for split, scores in results.items() for k, v in scores.items()}
     )
@@ -269,6 +322,8 @@ def log_final_metrics(results: dict[str, dict[str, float]]) -> None:
 
 def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> None:
     """The training data as an MLflow dataset input carrying losslab's content hash."""
+    if not active():
+        return
     with warnings.catch_warnings():  # a local path matches two equivalent source types
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_numpy(
@@ -296,12 +351,14 @@ class _KerasSaver:
         mlflow.keras.save_model(path=path, **kwargs)
 
 
-def log_model(model: Any, example: Any) -> str:
+def log_model(model: Any, example: Any) -> str | None:
     """Log the Keras model with its signature and an input example; return the model URI.
 
     MLflow gets an uncompiled copy with the trained weights: it predicts the same, and it loads
     anywhere without losslab's custom metrics being importable.
     """
+    if not active():
+        return None
     import keras
     from mlflow.models import Model, infer_signature
 
