@@ -7,6 +7,7 @@ all write to one store. ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` point runs 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -124,6 +125,15 @@ def _fit(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
 
 
+def _fit_key(key: str) -> str:
+    """A key within MLflow's length limit, in the characters MLflow allows; the hash of the
+    full key keeps two long keys with the same beginning apart."""
+    if len(key) <= MAX_ENTITY_KEY_LENGTH:
+        return key
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    return f"{key[: MAX_ENTITY_KEY_LENGTH - 23]}...truncated.{digest}"
+
+
 def public_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain values, with any password in the tracking URI masked."""
     plain = as_plain(cfg)
@@ -137,7 +147,7 @@ def config_params(cfg: DictConfig) -> dict[str, str]:
     params = {}
     for key, value in flatten(public_config(cfg)).items():
         text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-        params[_fit(key, MAX_ENTITY_KEY_LENGTH)] = _fit(text, MAX_PARAM_VAL_LENGTH)
+        params[_fit_key(key)] = _fit(text, MAX_PARAM_VAL_LENGTH)
     return params
 
 
