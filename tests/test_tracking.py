@@ -30,7 +30,6 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, run_env
 from mlflow.entities import Param, RunStatus, ViewType
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
