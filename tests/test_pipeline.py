@@ -287,9 +287,12 @@ def test_losslab_multirun_sweeps_two_losses(tmp_path: Path, tracking_uri: str) -
     assert done.returncode == 0, output(done)
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     assert [job.name for job in jobs] == ["0", "1"]
-    runs = all_runs(tracking_uri)
-    assert len(runs) == 2
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    everything = all_runs(tracking_uri)
+    parents = [r for r in everything if r.data.tags.get("losslab.sweep") == "true"]
+    runs = [r for r in everything if r not in parents]
+    assert len(parents) == 1 and len(runs) == 2
+    assert {r.info.status for r in everything} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
     assert {r.data.tags["losslab.loss"] for r in runs} == {"mse", "mae"}
     assert {r.data.tags["losslab.entry_point"] for r in runs} == {"multirun"}
 
