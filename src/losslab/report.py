@@ -62,7 +62,14 @@ class Configuration:
 
 
 def child_runs(client: Any, parent_run_id: str) -> list[Any]:
-    run = client.get_run(parent_run_id)
+    from mlflow.exceptions import MlflowException
+
+    from losslab.config import ConfigError
+
+    try:
+        run = client.get_run(parent_run_id)
+    except MlflowException:
+        raise ConfigError(f"run {parent_run_id}: not found in the store") from None
     return client.search_runs(
         [run.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",

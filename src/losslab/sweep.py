@@ -139,18 +139,19 @@ class SweepTracker(Callback):
         client = MlflowClient(self.tracking_uri)
         children = report.child_runs(client, parent)
         finished = sum(run.info.status == "FINISHED" for run in children)
-        client.set_tag(parent, "losslab.children_finished", f"{finished}/{len(children)}")
+        outcomes = [p.suffix for p in (self.sweep_dir / _PROGRESS).iterdir()]
+        accounted, failed = len(outcomes), outcomes.count(".failed")
+        client.set_tag(parent, "losslab.children_finished", f"{finished}/{self.total or accounted}")
         if finished:
             report.publish(client, children, self.sweep_dir / "report", parent_run_id=parent)
         best = self._best_trial()
         if best:
             client.set_tag(parent, "losslab.best_trial", best)
-        accounted = len(list((self.sweep_dir / _PROGRESS).iterdir()))
-        if not interrupted and finished == len(children) == (self.total or len(children)):
+        if not interrupted and not failed and finished == (self.total or len(children)):
             status = "FINISHED"
         elif self.total is None or accounted >= self.total:
             status = "FAILED"
-            client.set_tag(parent, "losslab.error", f"{len(children) - finished} job(s) failed")
+            client.set_tag(parent, "losslab.error", f"{failed} of {accounted} job(s) failed")
         else:
             status = "KILLED"
             client.set_tag(
