@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml requirements.lock
 run: $(STAMP)
 	dvc repro
 	@echo
+	dvc metrics show
+	@echo
 	@echo "metrics: metrics.json   (dvc metrics show)"
 	@echo "plots:   plots/          (learning_curves.png, dataset.png, decision_boundary.png)"
 	@echo "runs:    mlflow.db        (make ui, then http://127.0.0.1:5000)"
