@@ -158,11 +158,17 @@ def validate(raw: DictConfig | dict) -> DictConfig:
 
 def _check_values(cfg: DictConfig) -> None:
     data, trainer = cfg.dataset, cfg.trainer
-    _check(data.n_samples > 0, f"dataset.n_samples: must be > 0, got {data.n_samples}")
-    _check(
-        0 < data.n_test < data.n_samples,
-        f"dataset.n_test: must be in 1..{data.n_samples - 1} (n_samples - 1), got {data.n_test}",
-    )
+    if "test_size" in data:  # real data: a random split
+        _check(
+            0 < data.test_size < 1, f"dataset.test_size: must be in (0, 1), got {data.test_size}"
+        )
+    else:  # synthetic data: the last (or first) n_test of n_samples
+        _check(data.n_samples > 0, f"dataset.n_samples: must be > 0, got {data.n_samples}")
+        _check(
+            0 < data.n_test < data.n_samples,
+            f"dataset.n_test: must be in 1..{data.n_samples - 1} (n_samples - 1), "
+            f"got {data.n_test}",
+        )
     _check(trainer.epochs > 0, f"trainer.epochs: must be > 0, got {trainer.epochs}")
     _check(trainer.batch_size > 0, f"trainer.batch_size: must be > 0, got {trainer.batch_size}")
     _check(

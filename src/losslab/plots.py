@@ -1,4 +1,5 @@
-"""Figures of one run: learning curves, the dataset, and the decision boundary in 2-D."""
+"""Figures of one run: learning curves, the dataset, and what the model predicts: the decision
+boundary in 2-D, else a confusion matrix (classification) or predicted vs true (regression)."""
 
 from __future__ import annotations
 
@@ -105,6 +106,45 @@ def decision_boundary(model: Any, loss_name: str, data: Dataset, title: str, tar
 
 def can_draw_boundary(data: Dataset) -> bool:
     return data.n_features == 2 and data.task is not Task.REGRESSION
+
+
+def confusion_matrix(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], title: str, target: Path
+) -> Path:
+    """Test predictions per true class, labelled with the data's own class names."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = 3.5 + 0.4 * len(classes)
+    figure, axis = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true,
+        y_pred,
+        labels=list(range(len(classes))),
+        display_labels=classes,
+        cmap="Blues",
+        colorbar=False,
+        xticks_rotation="vertical" if len(classes) * max(map(len, classes)) > 40 else "horizontal",
+        ax=axis,
+    )
+    axis.set_title(title)
+    return save_figure(figure, target)
+
+
+def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, title: str, target: Path) -> Path:
+    """Test predictions against the true values; a perfect model lies on the diagonal."""
+    from sklearn.metrics import PredictionErrorDisplay
+
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    PredictionErrorDisplay.from_predictions(
+        y_true,
+        y_pred,
+        kind="actual_vs_predicted",
+        subsample=None,  # every test point, so the figure is the same run after run
+        ax=axis,
+        scatter_kwargs={"s": 12, "alpha": 0.6},
+    )
+    axis.set_title(title)
+    return save_figure(figure, target)
 
 
 def loss_shapes(target: Path) -> Path:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from omegaconf import DictConfig
 
-from losslab import tracking
+from losslab import losses, tracking
 from losslab.config import as_plain
 from losslab.datasets import Dataset, make_dataset
 from losslab.losses import Task
@@ -68,7 +69,8 @@ class Layout:
 
 
 def generate(cfg: DictConfig, layout: Layout) -> Dataset:
-    """Make the dataset and write the arrays plus metadata with their content hash."""
+    """Make the dataset and write the arrays plus metadata: the content hash, the original label
+    of each class index and the scale of standardized regression targets."""
     data = make_dataset(cfg.dataset)
     meta = {
         "name": cfg.dataset.name,
@@ -78,6 +80,8 @@ def generate(cfg: DictConfig, layout: Layout) -> Dataset:
         "n_train": len(data.x_train),
         "n_test": len(data.x_test),
         "sha256": data.content_hash(),
+        "classes": data.classes,
+        "target_scale": data.target_scale,
         "params": as_plain(cfg.dataset),
     }
     write_npz(layout.data, data.arrays())
@@ -90,7 +94,12 @@ def load_dataset(layout: Layout) -> tuple[Dataset, dict[str, Any]]:
     meta = read_json(layout.data_meta)
     arrays = read_npz(layout.data, ("x_train", "y_train", "x_test", "y_test"))
     try:
-        data = Dataset(**arrays, task=Task(meta["task"]), n_classes=int(meta["n_classes"]))
+        data = Dataset(
+            **arrays,
+            task=Task(meta["task"]),
+            classes=list(meta["classes"]),
+            target_scale=meta["target_scale"],
+        )
         expected = meta["sha256"]
     except (KeyError, ValueError, TypeError) as error:
         raise StageInputError(
@@ -133,11 +142,25 @@ def train(cfg: DictConfig, layout: Layout) -> None:
 
 
 def evaluate(cfg: DictConfig, layout: Layout) -> dict[str, dict[str, float]]:
-    """Score the saved model on both splits; write and log the results."""
+    """Score the saved model on both splits; write and log the results.
+
+    Standardized regression targets also get ``mse_original`` and ``mae_original``: the errors in
+    the data's own units, which a reader can judge.
+    """
     from losslab import training
 
     data, _ = load_dataset(layout)
-    results = training.evaluate(cfg, training.load_model(layout.model), data)
+    model = training.load_model(layout.model)
+    results = training.evaluate(cfg, model, data)
+    if data.target_scale is not None:
+        for split, x, y in (
+            ("train", data.x_train, data.y_train),
+            ("test", data.x_test, data.y_test),
+        ):
+            predicted = model.predict(x, batch_size=4096, verbose=0).reshape(-1)
+            error = (data.original_units(predicted) - data.original_units(y)).astype("float64")
+            results[split]["mse_original"] = float(np.mean(error**2))
+            results[split]["mae_original"] = float(np.mean(np.abs(error)))
     write_json(layout.metrics, results)
     tracking.log_final_metrics(results)
     mlflow.log_artifact(str(layout.metrics), "evaluation")
@@ -146,7 +169,7 @@ def evaluate(cfg: DictConfig, layout: Layout) -> dict[str, dict[str, float]]:
 
 def plot(cfg: DictConfig, layout: Layout) -> list[Path]:
     """Draw the run's figures into the plots folder and log them."""
-    from losslab import plots
+    from losslab import plots, training
 
     data, _ = load_dataset(layout)
     title = f"{cfg.dataset.name} · {cfg.loss.name} · {cfg.optimizer.name} · seed {cfg.seed}"
@@ -155,19 +178,39 @@ def plot(cfg: DictConfig, layout: Layout) -> list[Path]:
             read_history_csv(layout.history), title, layout.plots / "learning_curves.png"
         ),
         plots.dataset_scatter(data, cfg.dataset.name, layout.plots / "dataset.png"),
+        _predictions_figure(cfg, data, training.load_model(layout.model), title, layout.plots),
     ]
-    if plots.can_draw_boundary(data):
-        from losslab import training
-
-        model = training.load_model(layout.model)
-        drawn.append(
-            plots.decision_boundary(
-                model, cfg.loss.name, data, title, layout.plots / "decision_boundary.png"
-            )
-        )
     for figure in drawn:
         mlflow.log_artifact(str(figure), "plots")
     return drawn
+
+
+def _predictions_figure(
+    cfg: DictConfig, data: Dataset, model: Any, title: str, folder: Path
+) -> Path:
+    """The decision boundary where the data is a plane of classes; otherwise the test predictions
+    as a confusion matrix or, for regression, against the true values (in the data's units)."""
+    from losslab import plots
+
+    if plots.can_draw_boundary(data):
+        return plots.decision_boundary(
+            model, cfg.loss.name, data, title, folder / "decision_boundary.png"
+        )
+    outputs = model.predict(data.x_test, batch_size=4096, verbose=0)
+    if data.task is Task.REGRESSION:
+        return plots.predicted_vs_true(
+            data.original_units(data.y_test),
+            data.original_units(outputs.reshape(-1)),
+            title,
+            folder / "predicted_vs_true.png",
+        )
+    return plots.confusion_matrix(
+        data.y_test,
+        losses.predict_labels(losses.get(cfg.loss.name), outputs),
+        data.classes,
+        title,
+        folder / "confusion_matrix.png",
+    )
 
 
 STEPS = {"generate": generate, "train": train, "evaluate": evaluate, "plot": plot}

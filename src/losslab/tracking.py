@@ -343,7 +343,8 @@ def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> N
             name=meta["name"],
             digest=meta["sha256"][:32],
         )
-    mlflow.log_input(dataset, context="training", tags={"losslab.data_hash": meta["sha256"]})
+    tags = {"losslab.data_hash": meta["sha256"], "losslab.classes": json.dumps(meta.get("classes"))}
+    mlflow.log_input(dataset, context="training", tags=tags)
 
 
 class _KerasSaver:
