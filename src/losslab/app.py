@@ -36,9 +36,9 @@ def run(
     layout = steps.Layout(Path(output_dir))
     steps.generate(cfg, layout)
     with tracking.run(cfg, entry_point, overrides, extra_tags=extra_tags):
-        steps.train(cfg, layout)
-        results = steps.evaluate(cfg, layout)
-        steps.plot(cfg, layout)
+        model = steps.train(cfg, layout)
+        results = steps.evaluate(cfg, layout, model)
+        steps.plot(cfg, layout, model)
     history = read_history_csv(layout.history)
     results["validation"] = {k[4:]: v[-1] for k, v in history.items() if k.startswith("val_")}
     return results

@@ -112,37 +112,47 @@ def load_dataset(layout: Layout) -> tuple[Dataset, dict[str, Any]]:
     return data, meta
 
 
-def train(cfg: DictConfig, layout: Layout) -> None:
-    """Train, then write the model and its per-epoch history; log both to the active run."""
+def train(cfg: DictConfig, layout: Layout) -> Any:
+    """Train, write the model, its per-epoch history and the run's id, log them to the active
+    run (if any), and return the trained model."""
     import keras
 
     from losslab import training
 
     data, meta = load_dataset(layout)
     tracking.log_dataset(data.arrays(), meta, layout.data)
-    run_id = mlflow.active_run().info.run_id
-    epochs = tracking.EpochMetrics(run_id)
-    logger = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: epochs.add(e + 1, logs))
+    epochs = tracking.epoch_metrics()
+    callbacks = []
+    if epochs is not None:
+        callbacks.append(
+            keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: epochs.add(e + 1, logs))
+        )
     started = time.perf_counter()
     try:
-        result = training.fit(cfg, data, callbacks=[logger])
+        result = training.fit(cfg, data, callbacks=callbacks)
     finally:
-        epochs.flush()
-    mlflow.log_metric("train_seconds", time.perf_counter() - started)
+        if epochs is not None:
+            epochs.flush()
+    tracking.log_metric("train_seconds", time.perf_counter() - started)
     with atomic_path(layout.model) as tmp:
         result.model.save(tmp)
     write_history_csv(layout.history, result.history)
+    active = mlflow.active_run()
     write_json(
         layout.run_info,
-        {"run_id": run_id, "tracking_uri": tracking.masked_uri(mlflow.get_tracking_uri())},
+        {
+            "run_id": active.info.run_id if active else None,
+            "tracking_uri": tracking.masked_uri(mlflow.get_tracking_uri()) if active else None,
+        },
     )
-    mlflow.log_artifact(str(layout.history), "history")
-    mlflow.log_artifact(str(layout.data_meta), "data")
+    tracking.log_artifact(layout.history, "history")
+    tracking.log_artifact(layout.data_meta, "data")
     tracking.log_model(result.model, data.x_test)
+    return result.model
 
 
-def evaluate(cfg: DictConfig, layout: Layout) -> dict[str, dict[str, float]]:
-    """Score the saved model on both splits; write and log the results.
+def evaluate(cfg: DictConfig, layout: Layout, model: Any = None) -> dict[str, dict[str, float]]:
+    """Score the model (by default the saved one) on both splits; write and log the results.
 
     Standardized regression targets also get ``mse_original`` and ``mae_original``: the errors in
     the data's own units, which a reader can judge.
@@ -150,7 +160,7 @@ def evaluate(cfg: DictConfig, layout: Layout) -> dict[str, dict[str, float]]:
     from losslab import training
 
     data, _ = load_dataset(layout)
-    model = training.load_model(layout.model)
+    model = model or training.load_model(layout.model)
     results = training.evaluate(cfg, model, data)
     if data.target_scale is not None:
         for split, x, y in (
@@ -163,12 +173,12 @@ def evaluate(cfg: DictConfig, layout: Layout) -> dict[str, dict[str, float]]:
             results[split]["mae_original"] = float(np.mean(np.abs(error)))
     write_json(layout.metrics, results)
     tracking.log_final_metrics(results)
-    mlflow.log_artifact(str(layout.metrics), "evaluation")
+    tracking.log_artifact(layout.metrics, "evaluation")
     return results
 
 
-def plot(cfg: DictConfig, layout: Layout) -> list[Path]:
-    """Draw the run's figures into the plots folder and log them."""
+def plot(cfg: DictConfig, layout: Layout, model: Any = None) -> list[Path]:
+    """Draw the run's figures of the model (by default the saved one) and log them."""
     from losslab import plots, training
 
     data, _ = load_dataset(layout)
@@ -178,10 +188,12 @@ def plot(cfg: DictConfig, layout: Layout) -> list[Path]:
             read_history_csv(layout.history), title, layout.plots / "learning_curves.png"
         ),
         plots.dataset_scatter(data, cfg.dataset.name, layout.plots / "dataset.png"),
-        _predictions_figure(cfg, data, training.load_model(layout.model), title, layout.plots),
+        _predictions_figure(
+            cfg, data, model or training.load_model(layout.model), title, layout.plots
+        ),
     ]
     for figure in drawn:
-        mlflow.log_artifact(str(figure), "plots")
+        tracking.log_artifact(figure, "plots")
     return drawn
 
 
