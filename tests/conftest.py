@@ -17,7 +17,9 @@ from losslab.config import validate
 REPO_ROOT = CONF_DIR.parent
 # the 11 reference presets; real_* carry the studies over to bundled real datasets
 PRESETS = sorted(
-    path.stem for path in (CONF_DIR / "experiment").glob("*.yaml") if not path.stem.startswith("real_")
+    path.stem
+    for path in (CONF_DIR / "experiment").glob("*.yaml")
+    if not path.stem.startswith("real_")
 )
 
 

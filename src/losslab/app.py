@@ -34,6 +34,8 @@ def run(
     from losslab.storage import read_history_csv
 
     layout = steps.Layout(Path(output_dir))
+    if cfg.tracking.enabled:
+        tracking.prepare(cfg)  # an unreachable server is reported before anything is written
     steps.generate(cfg, layout)
     with tracking.run(cfg, entry_point, overrides, extra_tags=extra_tags):
         model = steps.train(cfg, layout)

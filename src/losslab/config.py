@@ -107,7 +107,10 @@ def _merge(schema: Any, node: Any, where: str) -> DictConfig:
     except OmegaConfBaseException as error:
         key = f"{where}.{error.full_key}" if where and error.full_key else error.full_key or where
         message = str(error.msg).splitlines()[0] if error.msg else type(error).__name__
-        if "not in" in message:
+        if "is not a ListConfig" in message:
+            value = OmegaConf.select(OmegaConf.create(node), str(error.full_key), default=None)
+            message = f"expected a list such as [50], got {value!r}"
+        elif "not in" in message:
             parent = str(error.full_key).rpartition(".")[0]
             node = OmegaConf.structured(schema)
             node = OmegaConf.select(node, parent) if parent else node

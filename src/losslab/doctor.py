@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     from mlflow.tracking import MlflowClient
 
     from losslab.cli import reported_errors
-    from losslab.tracking import PROJECT_ROOT, masked_uri, resolve_uri
+    from losslab.tracking import PROJECT_ROOT, client_uri, masked_uri, resolve_uri
 
     with reported_errors("losslab-doctor"):
         uri = resolve_uri(args.tracking_uri)
-        client = MlflowClient(uri)
+        client = MlflowClient(client_uri(uri))
         dead, unknown = orphaned(client)
         print(f"losslab-doctor: store {masked_uri(uri)}")
         for run in dead:

@@ -294,9 +294,9 @@ def main(argv: list[str] | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         from losslab.config import ConfigError
-        from losslab.tracking import resolve_uri
+        from losslab.tracking import client_uri, resolve_uri
 
-        client = MlflowClient(resolve_uri(args.tracking_uri))
+        client = MlflowClient(client_uri(resolve_uri(args.tracking_uri)))
         runs, parent = _runs(client, args)
         if not runs:
             raise ConfigError("no runs matched; check --parent, --experiment or --filter")

@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         from losslab.app import run
         from losslab.config import ConfigError
         from losslab.datasets import make_dataset
-        from losslab.tracking import resolve_uri
+        from losslab.tracking import client_uri, resolve_uri
 
         uri = resolve_uri(args.tracking_uri)
-        client = MlflowClient(uri)
+        client = MlflowClient(client_uri(uri))
         try:
             original = client.get_run(args.run_id)
         except MlflowException:

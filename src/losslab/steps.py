@@ -115,11 +115,11 @@ def load_dataset(layout: Layout) -> tuple[Dataset, dict[str, Any]]:
 def train(cfg: DictConfig, layout: Layout) -> Any:
     """Train, write the model, its per-epoch history and the run's id, log them to the active
     run (if any), and return the trained model."""
+    data, meta = load_dataset(layout)  # before importing TensorFlow: a bad input fails at once
     import keras
 
     from losslab import training
 
-    data, meta = load_dataset(layout)
     tracking.log_dataset(data.arrays(), meta, layout.data)
     epochs = tracking.epoch_metrics()
     callbacks = []

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 _EPOCH_1980 = (1980, 1, 1, 0, 0, 0)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class StageInputError(ValueError):
@@ -34,6 +36,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask like any file
     try:
         yield Path(tmp)
         os.replace(tmp, target)

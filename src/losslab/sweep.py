@@ -73,7 +73,7 @@ class SweepTracker(Callback):
         overrides = list(hydra_cfg.overrides.task)
         study = hydra_cfg.runtime.choices.get("study") or ""
         experiment_id = tracking.prepare(config)
-        self.tracking_uri = tracking.tracking_uri(config)
+        self.tracking_uri = tracking.client_uri(tracking.tracking_uri(config))
         self.total = count_jobs(hydra_cfg, CONF_DIR)
         self.sweep_dir = Path(hydra_cfg.sweep.dir)
         (self.sweep_dir / _PROGRESS).mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -52,6 +53,7 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 
 def resolve_uri(uri: str | None) -> str:
+    """The URI as configured (credentials included): mask it before showing it anywhere."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
@@ -59,13 +61,23 @@ def default_uri() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
-def masked_uri(uri: str) -> str:
-    """The URI with any password replaced, safe to log or print."""
+_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+def masked_uri(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` in it replaced."""
+    return _CREDENTIALS.sub(r"\1***\3", text)
+
+
+def client_uri(uri: str) -> str:
+    """The URI without user and password, which go to MLflow's own variables instead, so that
+    MLflow never prints them (it shows the tracking URI in its run links)."""
     parts = urlsplit(uri)
-    if parts.password is None:
+    if parts.password is None or not parts.scheme.startswith("http"):
         return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    os.environ["MLFLOW_TRACKING_USERNAME"] = parts.username or ""
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = parts.password
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def prepare(cfg: DictConfig) -> str:
@@ -78,7 +90,7 @@ def prepare(cfg: DictConfig) -> str:
     uri = tracking_uri(cfg)
     if uri.startswith(("http://", "https://")):
         _check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(client_uri(uri))
     if uri.startswith("sqlite:///"):
         from filelock import FileLock
 
@@ -181,7 +193,7 @@ def run_tags(cfg: DictConfig, entry_point: str, overrides: list[str]) -> dict[st
         "mlflow.runName": run_name(cfg),
         "losslab.entry_point": entry_point,
         "losslab.preset": cfg.preset or "",
-        "losslab.overrides": " ".join(overrides),
+        "losslab.overrides": masked_uri(" ".join(overrides)),
         "losslab.dataset": cfg.dataset.name,
         "losslab.loss": cfg.loss.name,
         "losslab.optimizer": cfg.optimizer.name,
@@ -275,7 +287,7 @@ def _describe(run_id: str, cfg: DictConfig, tags: dict[str, str], overrides: lis
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
     mlflow.log_dict(public_config(cfg), "config/config.yaml")
-    mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
+    mlflow.log_text(masked_uri("\n".join(overrides)) + "\n", "config/overrides.txt")
 
 
 class EpochMetrics:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,10 +116,12 @@ def evaluate(cfg: Any, model: keras.Model, data: Dataset) -> dict[str, dict[str,
 
 def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a saved ``.keras`` model in Keras's safe mode."""
+    if not os.path.exists(path):
+        raise StageInputError(f"{path}: missing; run the train stage first")
+    if not zipfile.is_zipfile(path):
+        raise StageInputError(f"{path}: not a Keras model archive; rerun train")
     try:
         return keras.models.load_model(path, safe_mode=True)
-    except FileNotFoundError:
-        raise StageInputError(f"{path}: missing; run the train stage first") from None
     except Exception as error:  # Keras raises many types for a file that is not a model
         raise StageInputError(
             f"{path}: not a loadable Keras model ({error}); rerun train"

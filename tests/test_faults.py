@@ -1,0 +1,579 @@
+"""Faults and reproducibility: signals during training, SIGKILL and losslab-doctor, concurrent
+jobs on a fresh store, the same results from every entry point, losslab-rerun, and a fresh
+clone's data against the committed dvc.lock.
+
+Everything runs for real (DVC, Keras, MLflow, Hydra's joblib launcher) in temp dirs and clones;
+every subprocess gets a private SQLite store through ``$MLFLOW_TRACKING_URI``. The rows of
+``docs/reliability.md`` name these tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, run_env
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, ViewType
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
+LOSSLAB = str(BIN / "losslab")
+LOSSLAB_STAGE = str(BIN / "losslab-stage")
+LOSSLAB_DOCTOR = str(BIN / "losslab-doctor")
+LOSSLAB_RERUN = str(BIN / "losslab-rerun")
+MLFLOW = str(BIN / "mlflow")
+TINY = ("trainer.epochs=2", "dataset.n_samples=200", "dataset.n_test=100", "trainer.verbose=0")
+TINY_PARAMS = {
+    "trainer.epochs": 2,
+    "trainer.verbose": 0,
+    "dataset.n_samples": 200,
+    "dataset.n_test": 100,
+}
+# what the train stage writes, and what evaluate writes from it
+KEPT = ("model/model.keras", "model/history.csv", "model/run.json", "metrics.json")
+LEFTOVER = re.compile(r"^\.(model\.keras|history\.csv|run\.json|metrics\.json)\.")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def store(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+
+
+def run(
+    cmd: list[str], cwd: Path, uri: str, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=cwd, env={**run_env(uri), **env}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def output(done: subprocess.CompletedProcess) -> str:
+    stdout, stderr = done.stdout[-4000:], done.stderr[-4000:]
+    return f"exit {done.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    if not experiments:
+        return []
+    return client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000)
+
+
+def running(uri: str) -> list:
+    return [r for r in all_runs(uri) if r.info.status == "RUNNING"]
+
+
+def make_experiment(uri: str) -> str:
+    """The losslab experiment with its artifacts beside the temp store (as tracking.prepare
+    makes it), so runs created by other tools (mlflow run) keep their artifacts there too."""
+    client = MlflowClient(tracking_uri=uri)
+    artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return client.create_experiment("losslab", artifact_location=artifacts)
+
+
+def set_params(path: Path, **changes: Any) -> None:
+    params = OmegaConf.load(path)
+    for key, value in changes.items():
+        OmegaConf.update(params, key, value, merge=False)
+    OmegaConf.save(params, path)
+
+
+def clone_repo(target: Path) -> Path:
+    subprocess.run(
+        ["git", "clone", "--quiet", str(REPO_ROOT), str(target)], check=True, capture_output=True
+    )
+    return target
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            _, stderr = proc.communicate()
+            pytest.fail(f"process exited with {proc.returncode} waiting for {what}:\n{stderr}")
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start(cmd: list[str], cwd: Path, uri: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**run_env(uri), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def training_run(client: MlflowClient, proc: subprocess.Popen, before: set[str]) -> str:
+    """Wait until ``proc`` has a RUNNING run that has logged epochs; return its id."""
+
+    def new_running() -> str | None:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        if not experiments:
+            return None
+        found = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'")
+        fresh = [r.info.run_id for r in found if r.info.run_id not in before]
+        return fresh[0] if fresh else None
+
+    run_id = wait_for(new_running, 120, "a new RUNNING run", proc)
+    # per-epoch metrics are flushed every 10 s: once some are in, training is under way
+    wait_for(lambda: client.get_metric_history(run_id, "loss"), 60, "logged epochs", proc)
+    return run_id
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+# --------------------------------------------------------------------------------------------
+# 1. SIGINT and SIGTERM during training: the run ends KILLED, outputs keep their content,
+#    the next dvc repro recovers.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Repro:
+    clone: Path
+    uri: str
+
+
+@pytest.fixture(scope="module")
+def repro_clone(tmp_path_factory: pytest.TempPathFactory) -> Repro:
+    root = tmp_path_factory.mktemp("signals")
+    clone = clone_repo(root / "clone")
+    set_params(clone / "params.yaml", **TINY_PARAMS)
+    uri = store(root)
+    done = run([DVC, "repro"], clone, uri)
+    assert done.returncode == 0, output(done)
+    return Repro(clone, uri)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_training_keeps_outputs_and_repro_recovers(repro_clone, signum):
+    clone, uri = repro_clone.clone, repro_clone.uri
+    client = MlflowClient(tracking_uri=uri)
+    kept = {relative: (clone / relative).read_bytes() for relative in KEPT}
+    before = {r.info.run_id for r in all_runs(uri)}
+    params = clone / "params.yaml"
+    learning_rate = OmegaConf.load(params).optimizer.learning_rate * 1.5
+    set_params(params, **{"optimizer.learning_rate": learning_rate, "trainer.epochs": 100000})
+
+    # the stage itself, not dvc, so the signal reaches the losslab process
+    proc = start([LOSSLAB_STAGE, "train"], clone, uri)
+    try:
+        run_id = training_run(client, proc, before)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+
+    assert proc.returncode == 130, f"exit {proc.returncode}\n{stderr[-3000:]}"
+    assert "Traceback" not in stdout + stderr, stderr[-3000:]
+    assert "losslab-stage train: interrupted" in stderr
+    killed = client.get_run(run_id)
+    assert killed.info.status == "KILLED"
+    assert killed.info.end_time is not None
+    assert killed.data.tags["losslab.error"]
+    for relative, content in kept.items():
+        assert (clone / relative).read_bytes() == content, f"{relative} changed"
+    leftovers = [p.name for folder in (clone, clone / "model") for p in folder.iterdir()]
+    assert [name for name in leftovers if LEFTOVER.match(name)] == []
+    assert running(uri) == []
+
+    set_params(params, **{"trainer.epochs": TINY_PARAMS["trainer.epochs"]})
+    repro = run([DVC, "repro"], clone, uri)
+    assert repro.returncode == 0, output(repro)
+    assert "Running stage 'train'" in repro.stdout
+    recovered = json.loads((clone / "model" / "run.json").read_text())["run_id"]
+    assert recovered not in before | {run_id}
+    assert client.get_run(recovered).info.status == "FINISHED"
+    assert client.get_run(recovered).data.params["optimizer.learning_rate"] == str(learning_rate)
+    assert set(json.loads((clone / "metrics.json").read_text())) == {"train", "test"}
+    assert running(uri) == []
+    status = run([DVC, "status"], clone, uri)
+    assert "Data and pipelines are up to date" in status.stdout, output(status)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. SIGKILL: nothing runs on the way out; losslab-doctor finds and fails the orphan.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
+    uri = store(tmp_path)
+    make_experiment(uri)
+    client = MlflowClient(tracking_uri=uri)
+    cmd = [LOSSLAB, "experiment=reg_mse", *TINY, "trainer.epochs=100000"]
+    proc = start([*cmd, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, uri)
+    try:
+        run_id = training_run(client, proc, set())
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode == -signal.SIGKILL
+    orphan = client.get_run(run_id)
+    assert orphan.info.status == "RUNNING"  # the fault: nobody ended it
+    assert orphan.data.tags["losslab.pid"] == str(proc.pid)
+
+    dry = run([LOSSLAB_DOCTOR, "--dry-run"], tmp_path, uri)
+    assert dry.returncode == 0, output(dry)
+    assert f"would mark FAILED: run {run_id}" in dry.stdout, output(dry)
+    assert f"pid {proc.pid} is gone" in dry.stdout
+    assert client.get_run(run_id).info.status == "RUNNING"  # a dry run changes nothing
+
+    fixed = run([LOSSLAB_DOCTOR], tmp_path, uri)
+    assert fixed.returncode == 0, output(fixed)
+    assert f"marked FAILED: run {run_id}" in fixed.stdout, output(fixed)
+    assert "losslab-doctor: dvc status" in fixed.stdout
+    failed = client.get_run(run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.info.end_time is not None
+    assert str(proc.pid) in failed.data.tags["losslab.error"]
+
+    again = run([LOSSLAB_DOCTOR], tmp_path, uri)
+    assert again.returncode == 0, output(again)
+    assert "no run left RUNNING" in again.stdout, output(again)
+    assert "marked FAILED" not in again.stdout
+    assert running(uri) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 3. A fresh clone: losslab-doctor reports the missing stage outputs, and dvc repro
+#    regenerates the data with exactly the hashes in the committed dvc.lock.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FreshClone:
+    clone: Path
+    locked: dict[str, str]  # path → md5 of the generate stage's outs in the committed dvc.lock
+    imported_from: str
+    doctor: subprocess.CompletedProcess
+    generate: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> FreshClone:
+    """A clone of HEAD running its own code (PYTHONPATH=clone/src before the editable install):
+    first losslab-doctor, then ``dvc repro generate``."""
+    root = tmp_path_factory.mktemp("fresh")
+    clone = clone_repo(root / "clone")
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    locked = {out["path"]: out["md5"] for out in lock["stages"]["generate"]["outs"]}
+    uri = store(root)
+    own_code = {"PYTHONPATH": str(clone / "src")}
+    where = run(
+        [sys.executable, "-c", "import losslab; print(losslab.__file__)"], root, uri, **own_code
+    )
+    doctor = run([LOSSLAB_DOCTOR], clone, uri, **own_code)
+    generate = run([DVC, "repro", "generate"], clone, uri, **own_code)
+    return FreshClone(clone, locked, where.stdout.strip(), doctor, generate)
+
+
+def test_fresh_clone_runs_its_own_code(fresh_clone):
+    assert Path(fresh_clone.imported_from).is_relative_to(fresh_clone.clone / "src")
+
+
+def test_doctor_reports_missing_stage_outputs(fresh_clone):
+    doctor = fresh_clone.doctor
+    assert doctor.returncode == 0, output(doctor)
+    assert "no run left RUNNING" in doctor.stdout
+    status = doctor.stdout.split("losslab-doctor: dvc status", 1)[1]
+    for missing in ("data/dataset.npz", "data/dataset.json", "model/model.keras"):
+        assert missing in status, output(doctor)
+
+
+def test_fresh_clone_regenerates_the_locked_dataset_npz(fresh_clone):
+    generate = fresh_clone.generate
+    assert generate.returncode == 0, output(generate)
+    assert "Running stage 'generate'" in generate.stdout  # really regenerated, not restored
+    path = "data/dataset.npz"
+    assert md5(fresh_clone.clone / path) == fresh_clone.locked[path]
+
+
+def test_fresh_clone_regenerates_the_locked_dataset_json(fresh_clone):
+    assert fresh_clone.generate.returncode == 0, output(fresh_clone.generate)
+    path = "data/dataset.json"
+    assert md5(fresh_clone.clone / path) == fresh_clone.locked[path]
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Concurrency: 8 jobs on 2 joblib workers, on a store that does not exist yet.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_eight_jobs_on_two_workers_on_a_fresh_store(tmp_path):
+    uri = store(tmp_path)
+    db = Path(uri.removeprefix("sqlite:///"))
+    assert not db.exists()
+    epochs = 2
+    cmd = [
+        LOSSLAB,
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "dataset=regression",
+        "loss=mse,mae",
+        "seed=0,1,2,3",
+        *TINY,
+        f"trainer.epochs={epochs}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = run(cmd, tmp_path, uri, timeout=900)
+    assert done.returncode == 0, output(done)
+    assert "database is locked" not in (done.stdout + done.stderr).lower()
+    runs = all_runs(uri)
+    parents = [r for r in runs if r.data.tags.get("losslab.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("losslab.sweep") != "true"]
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 8
+    combos = sorted((c.data.params["loss.name"], c.data.params["seed"]) for c in children)
+    assert combos == sorted((loss, str(seed)) for loss in ("mse", "mae") for seed in range(4))
+    client = MlflowClient(tracking_uri=uri)
+    for child in children:
+        run_id = child.info.run_id
+        for name in ("loss", "val_loss", "mse", "val_mse"):
+            history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+            assert [m.step for m in history] == list(range(1, epochs + 1)), (run_id, name)
+            assert all(math.isfinite(m.value) for m in history)
+        for name in ("train_loss", "train_mse", "test_loss", "test_mse"):
+            assert math.isfinite(child.data.metrics[name]), (run_id, name)
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Reproducibility: dvc repro, losslab and mlflow run give identical results.
+#    (The same config twice in a row in one process: test_pipeline.py::
+#    test_same_config_gives_identical_history_and_metrics.)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dvc_repro_losslab_and_mlflow_run_give_identical_results(tmp_path, compose_raw):
+    overrides = [*TINY, "trainer.epochs=3"]
+    uri = store(tmp_path)
+    make_experiment(uri)  # so mlflow run keeps its artifacts in the temp store
+
+    clone = clone_repo(tmp_path / "clone")
+    OmegaConf.save(compose_raw(*overrides), clone / "params.yaml")  # the same config
+    by_dvc = run([DVC, "repro"], clone, uri)
+    assert by_dvc.returncode == 0, output(by_dvc)
+
+    app_dir = tmp_path / "app"
+    by_app = run([LOSSLAB, *overrides, f"hydra.run.dir={app_dir}"], tmp_path, uri)
+    assert by_app.returncode == 0, output(by_app)
+
+    mlflow_dir = tmp_path / "mlflow-run"
+    joined = " ".join([*overrides, f"hydra.run.dir={mlflow_dir}"])
+    by_mlflow = run(
+        [MLFLOW, "run", ".", "--env-manager", "local", "--experiment-name", "losslab"]
+        + ["-P", f"overrides={joined}"],
+        REPO_ROOT,
+        uri,
+    )
+    assert by_mlflow.returncode == 0, output(by_mlflow)
+
+    roots = {"dvc": clone, "cli": app_dir, "mlflow-run": mlflow_dir}
+    histories = {
+        name: (root / "model" / "history.csv").read_bytes() for name, root in roots.items()
+    }
+    metrics = {
+        name: json.loads((root / "metrics.json").read_text()) for name, root in roots.items()
+    }
+    assert histories["dvc"].count(b"\n") == 3 + 1  # header and one row per epoch
+    assert histories["cli"] == histories["dvc"]
+    assert histories["mlflow-run"] == histories["dvc"]
+    assert metrics["cli"] == metrics["dvc"]
+    assert metrics["mlflow-run"] == metrics["dvc"]
+
+    runs = all_runs(uri)
+    assert sorted(r.data.tags["losslab.entry_point"] for r in runs) == sorted(roots)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    finals = [{k: v for k, v in r.data.metrics.items() if k.startswith("test_")} for r in runs]
+    assert finals[0] and finals[1] == finals[0] and finals[2] == finals[0]
+
+
+# --------------------------------------------------------------------------------------------
+# 6. losslab-rerun: re-create a run from its MLflow record, compare metric by metric, and
+#    report differences in versions or data before running.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    uri: str
+    run_id: str
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """One finished run; verbose training, so a rerun prints its epochs."""
+    root = tmp_path_factory.mktemp("rerun")
+    uri = store(root)
+    cmd = [LOSSLAB, "experiment=reg_mse", *TINY, "trainer.verbose=2", f"hydra.run.dir={root}/out"]
+    done = run(cmd, root, uri)
+    assert done.returncode == 0, output(done)
+    (finished,) = all_runs(uri)
+    assert finished.info.status == "FINISHED"
+    return Recorded(uri, finished.info.run_id)
+
+
+def rerun(recorded: Recorded, run_id: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run([LOSSLAB_RERUN, run_id], cwd, recorded.uri)
+
+
+def compared(stdout: str) -> dict[str, str]:
+    """The metric rows of a rerun's report: name → verdict."""
+    rows = re.findall(r"^  (\w+)\s+\S+ → \S+\s+(same|differs by \S+)$", stdout, re.MULTILINE)
+    return dict(rows)
+
+
+def final_metric_names(run) -> list[str]:
+    metrics = run.data.metrics
+    return sorted(k for k in metrics if k.startswith(("train_", "test_")) and k != "train_seconds")
+
+
+def new_run_of(recorded: Recorded, run_id: str):
+    again = [r for r in all_runs(recorded.uri) if r.data.tags.get("losslab.rerun_of") == run_id]
+    assert len(again) == 1
+    return again[0]
+
+
+def before_training(stdout: str, line: str) -> None:
+    assert line in stdout, stdout
+    assert stdout.index(line) < stdout.index("Epoch 1/"), stdout
+    assert stdout.index(line) < stdout.index("losslab-rerun: new run"), stdout
+
+
+@pytest.mark.slow
+def test_rerun_reproduces_every_metric(recorded, tmp_path):
+    original = MlflowClient(tracking_uri=recorded.uri).get_run(recorded.run_id)
+    done = rerun(recorded, recorded.run_id, tmp_path)
+    assert done.returncode == 0, output(done)
+    names = final_metric_names(original)
+    assert len(names) >= 4  # train/test loss and MSE at least
+    assert compared(done.stdout) == dict.fromkeys(names, "same"), done.stdout
+    assert f"{len(names)} of {len(names)} metrics identical" in done.stdout
+    assert "differs" not in done.stdout
+    again = new_run_of(recorded, recorded.run_id)
+    assert again.info.status == "FINISHED"
+    assert again.data.tags["losslab.entry_point"] == "rerun"
+    # the same config; only the store is the one the rerun was pointed at
+    assert again.data.params.pop("tracking.uri") == recorded.uri
+    assert original.data.params.pop("tracking.uri") == "None"
+    assert again.data.params == original.data.params
+
+
+@pytest.mark.slow
+def test_rerun_reports_a_version_difference_before_running(recorded, tmp_path):
+    client = MlflowClient(tracking_uri=recorded.uri)
+    source = client.get_run(recorded.run_id)
+    # a copy of the finished run with an older Keras recorded, so the original stays intact
+    copy = client.create_run(
+        source.info.experiment_id, tags={**source.data.tags, "version.keras": "0.0.0"}
+    )
+    copy_id = copy.info.run_id
+    local = client.download_artifacts(recorded.run_id, "config/config.yaml", str(tmp_path))
+    client.log_artifact(copy_id, local, "config")
+    stamp = int(time.time() * 1000)
+    client.log_batch(
+        copy_id,
+        metrics=[Metric(k, v, stamp, 0) for k, v in source.data.metrics.items()],
+    )
+    client.log_inputs(copy_id, datasets=list(source.inputs.dataset_inputs))
+    client.set_terminated(copy_id, "FINISHED")
+
+    done = rerun(recorded, copy_id, tmp_path)
+    installed = metadata.version("keras")
+    line = f"losslab-rerun: version differs: version.keras: recorded 0.0.0, installed {installed}"
+    before_training(done.stdout, line)
+    assert "data differs" not in done.stdout
+    assert done.returncode == 0, output(done)  # the metrics still match
+    assert set(compared(done.stdout).values()) == {"same"}
+
+
+@pytest.mark.slow
+def test_rerun_reports_a_data_difference_before_running(recorded, tmp_path):
+    client = MlflowClient(tracking_uri=recorded.uri)
+    source = client.get_run(recorded.run_id)
+    (data_input,) = source.inputs.dataset_inputs
+    real_hash = {t.key: t.value for t in data_input.tags}["losslab.data_hash"]
+    # a run recorded with other data, as if the generator had changed since
+    crafted = client.create_run(source.info.experiment_id, tags=dict(source.data.tags))
+    crafted_id = crafted.info.run_id
+    local = client.download_artifacts(recorded.run_id, "config/config.yaml", str(tmp_path))
+    client.log_artifact(crafted_id, local, "config")
+    stamp = int(time.time() * 1000)
+    client.log_batch(
+        crafted_id,
+        metrics=[Metric(k, v, stamp, 0) for k, v in source.data.metrics.items()],
+    )
+    other = "0" * 64
+    dataset = Dataset(data_input.dataset.name, other[:32], "local", "/elsewhere/dataset.npz")
+    client.log_inputs(crafted_id, [DatasetInput(dataset, [InputTag("losslab.data_hash", other)])])
+    client.set_terminated(crafted_id, "FINISHED")
+
+    done = rerun(recorded, crafted_id, tmp_path)
+    line = f"losslab-rerun: data differs: recorded {other[:12]}, now {real_hash[:12]}"
+    before_training(done.stdout, line)
+    assert "version differs" not in done.stdout
+    assert done.returncode == 0, output(done)
+    assert set(compared(done.stdout).values()) == {"same"}
+
+
+@pytest.mark.slow
+def test_rerun_reports_metric_differences_with_exit_1(recorded, tmp_path):
+    client = MlflowClient(tracking_uri=recorded.uri)
+    source = client.get_run(recorded.run_id)
+    altered = client.create_run(source.info.experiment_id, tags=dict(source.data.tags))
+    altered_id = altered.info.run_id
+    local = client.download_artifacts(recorded.run_id, "config/config.yaml", str(tmp_path))
+    client.log_artifact(altered_id, local, "config")
+    stamp = int(time.time() * 1000)
+    metrics = dict(source.data.metrics)
+    metrics["test_loss"] += 1.0  # a record that the re-created run cannot match
+    client.log_batch(altered_id, metrics=[Metric(k, v, stamp, 0) for k, v in metrics.items()])
+    client.set_terminated(altered_id, "FINISHED")
+
+    done = rerun(recorded, altered_id, tmp_path)
+    assert done.returncode == 1, output(done)
+    verdicts = compared(done.stdout)
+    assert verdicts.pop("test_loss") == "differs by -1"
+    assert set(verdicts.values()) == {"same"}
+    n = len(verdicts) + 1
+    assert f"{n - 1} of {n} metrics identical" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
