@@ -1,14 +1,24 @@
-"""Shared fixtures: Hydra-composed configs shrunk for tests, and a private MLflow store."""
+"""Shared fixtures and helpers: Hydra-composed configs shrunk for tests, a private MLflow store,
+a clone of the repo, a real MLflow server on loopback."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
 from losslab.app import CONF_DIR
@@ -41,21 +51,43 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
+def shrink(raw: DictConfig, uri: str, epochs: int = 3, n_samples: int = 200) -> DictConfig:
+    """``raw`` (a synthetic dataset's config) with few epochs and samples, tracked at ``uri``,
+    validated."""
+    with open_dict(raw):
+        raw.trainer.epochs = epochs
+        raw.trainer.verbose = 0
+        raw.dataset.n_test = max(1, raw.dataset.n_test * n_samples // raw.dataset.n_samples)
+        raw.dataset.n_samples = n_samples
+        raw.tracking.uri = uri
+    return validate(raw)
+
+
 @pytest.fixture
 def tiny_cfg(compose_raw, tracking_uri) -> Callable[..., DictConfig]:
     """A validated config with few epochs and a small dataset, tracked in the temp store."""
 
     def make(*overrides: str, epochs: int = 3, n_samples: int = 200) -> DictConfig:
-        raw = compose_raw(*overrides)
-        with open_dict(raw):
-            raw.trainer.epochs = epochs
-            raw.trainer.verbose = 0
-            raw.dataset.n_test = max(1, raw.dataset.n_test * n_samples // raw.dataset.n_samples)
-            raw.dataset.n_samples = n_samples
-            raw.tracking.uri = tracking_uri
-        return validate(raw)
+        return shrink(compose_raw(*overrides), tracking_uri, epochs, n_samples)
 
     return make
+
+
+def all_runs(uri: str) -> list:
+    """Every run in the store, deleted ones too; a store never created holds none (and stays
+    absent), and so does a server that does not answer."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    if uri.startswith("http"):
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+        except OSError:
+            return []
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    if not experiments:
+        return []
+    return client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000)
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +105,61 @@ def _no_leaked_mlflow_run() -> Iterator[None]:
 def run_env(tracking: str) -> dict[str, str]:
     """Environment for losslab subprocesses: the venv's scripts first, the temp store."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking)
-    env["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.pop("MLFLOW_RUN_ID", None)
     return env
+
+
+def clone_repo(target: Path) -> Path:
+    """A clone of the repo's committed HEAD, as CI and a new user get it."""
+    subprocess.run(
+        ["git", "clone", "--quiet", str(REPO_ROOT), str(target)], check=True, capture_output=True
+    )
+    return target
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 storing under ``root``; yields its URL and stops it
+    (with its workers) on the way out."""
+    port = free_port()
+    log = (root / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server"]
+        + ["--backend-store-uri", f"sqlite:///{root / 'srv.db'}"]
+        + ["--default-artifact-root", str(root / "art"), "--host", "127.0.0.1"]
+        + ["--port", str(port), "--workers", "1"],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its workers share its process group, ended together below
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health in 90 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        log.close()

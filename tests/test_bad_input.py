@@ -23,9 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, run_env
-from mlflow.entities import ViewType
-from mlflow.tracking import MlflowClient
+from conftest import all_runs, clone_repo, run_env
 from omegaconf import OmegaConf
 
 BIN = Path(sys.executable).parent
@@ -73,18 +71,6 @@ def losslab(tmp_path: Path, uri: str, *overrides: str, **env) -> Outcome:
 
 def stage(folder: Path, uri: str, step: str) -> Outcome:
     return run([LOSSLAB_STAGE, step], folder, uri, folder)
-
-
-def all_runs(uri: str) -> list:
-    """Every run in the store; a store that was never created holds none (and stays absent).
-    A server URI here is one that does not answer: nothing can hold a run there."""
-    if not uri.startswith("sqlite:///") or not Path(uri.removeprefix("sqlite:///")).exists():
-        return []
-    client = MlflowClient(tracking_uri=uri)
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    if not experiments:
-        return []
-    return client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000)
 
 
 def assert_no_run_running(uri: str) -> list:
@@ -363,11 +349,7 @@ def test_params_yaml_missing(tmp_path, tracking_uri):
 @pytest.fixture
 def clone(tmp_path: Path) -> Path:
     """A clone of the committed HEAD (no stage outputs yet)."""
-    target = tmp_path / "clone"
-    subprocess.run(
-        ["git", "clone", "--quiet", str(REPO_ROOT), str(target)], check=True, capture_output=True
-    )
-    return target
+    return clone_repo(tmp_path / "clone")
 
 
 def data_outputs(clone: Path) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, run_env
+from conftest import clone_repo, run_env
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -40,10 +40,7 @@ class Workspace:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     root = tmp_path_factory.mktemp("dvc_exp")
-    clone = root / "clone"
-    subprocess.run(
-        ["git", "clone", "--quiet", str(REPO_ROOT), str(clone)], check=True, capture_output=True
-    )
+    clone = clone_repo(root / "clone")
     for key, value in (("user.name", "losslab tests"), ("user.email", "tests@losslab.invalid")):
         subprocess.run(["git", "config", key, value], cwd=clone, check=True)
     return Workspace(clone, f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, run_env
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, ViewType
+from conftest import REPO_ROOT, all_runs, clone_repo, run_env
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -70,14 +70,6 @@ def output(done: subprocess.CompletedProcess) -> str:
     return f"exit {done.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
 
 
-def all_runs(uri: str) -> list:
-    client = MlflowClient(tracking_uri=uri)
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    if not experiments:
-        return []
-    return client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000)
-
-
 def running(uri: str) -> list:
     return [r for r in all_runs(uri) if r.info.status == "RUNNING"]
 
@@ -95,13 +87,6 @@ def set_params(path: Path, **changes: Any) -> None:
     for key, value in changes.items():
         OmegaConf.update(params, key, value, merge=False)
     OmegaConf.save(params, path)
-
-
-def clone_repo(target: Path) -> Path:
-    subprocess.run(
-        ["git", "clone", "--quiet", str(REPO_ROOT), str(target)], check=True, capture_output=True
-    )
-    return target
 
 
 def md5(path: Path) -> str:

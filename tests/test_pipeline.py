@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, run_env
-from mlflow.entities import ViewType
+from conftest import REPO_ROOT, all_runs, clone_repo, run_env
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -41,14 +40,6 @@ def run(cmd: list[str], cwd: Path, uri: str, timeout: float = 600) -> subprocess
 
 def output(done: subprocess.CompletedProcess) -> str:
     return done.stdout + done.stderr
-
-
-def all_runs(uri: str) -> list:
-    client = MlflowClient(tracking_uri=uri)
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    if not experiments:
-        return []
-    return client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000)
 
 
 def read_history(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -83,10 +74,7 @@ class Pipeline:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     root = tmp_path_factory.mktemp("pipeline")
-    clone = root / "clone"
-    subprocess.run(
-        ["git", "clone", "--quiet", str(REPO_ROOT), str(clone)], check=True, capture_output=True
-    )
+    clone = clone_repo(root / "clone")
     shrink_params(
         clone / "params.yaml",
         **{

@@ -8,22 +8,18 @@ rows of ``docs/reliability.md`` name these tests.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, run_env
+from conftest import REPO_ROOT, mlflow_server, run_env
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
@@ -239,12 +235,6 @@ def test_overrides_tag_masks_a_tracking_password(compose_raw):
 # --- with a real tracking server -------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class ServerRuns:
     uri: str  # the server, without credentials
@@ -258,26 +248,12 @@ def server_runs(tmp_path_factory: pytest.TempPathFactory) -> ServerRuns:
     """A real mlflow server on 127.0.0.1, and one run through a URI with a password given each
     way: in $MLFLOW_TRACKING_URI (seed 0), and as the tracking.uri override (seed 1)."""
     root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(
-        [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'srv.db'}"]
-        + ["--default-artifact-root", str(root / "art"), "--host", "127.0.0.1"]
-        + ["--port", str(port), "--workers", "1"],
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers share its process group, ended together below
-    )
-    plain = f"http://127.0.0.1:{port}"
-    secret_uri = f"http://alice:{SECRET}@127.0.0.1:{port}"
+    with mlflow_server(root) as plain:
+        yield from _runs_through(root, plain)
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{plain}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+
+def _runs_through(root: Path, plain: str) -> Iterator[ServerRuns]:
+    secret_uri = plain.replace("://", f"://alice:{SECRET}@")
 
     def losslab(entry: str, env_uri: str, *extra: str) -> str:
         done = subprocess.run(
@@ -291,30 +267,15 @@ def server_runs(tmp_path_factory: pytest.TempPathFactory) -> ServerRuns:
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout + done.stderr
 
-    try:
-        deadline = time.monotonic() + 90
-        while not healthy():
-            assert server.poll() is None, "mlflow server exited"
-            assert time.monotonic() < deadline, "mlflow server did not answer /health"
-            time.sleep(0.5)
-        printed = {
-            "env": losslab("env", secret_uri, "seed=0"),
-            "override": losslab("override", plain, "seed=1", f"tracking.uri={secret_uri}"),
-        }
-        client = MlflowClient(tracking_uri=plain)
-        experiment = client.get_experiment_by_name("losslab")
-        by_seed = {r.data.params["seed"]: r for r in client.search_runs([experiment.experiment_id])}
-        assert sorted(by_seed) == ["0", "1"]
-        yield ServerRuns(plain, root, printed, {"env": by_seed["0"], "override": by_seed["1"]})
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-        log.close()
+    printed = {
+        "env": losslab("env", secret_uri, "seed=0"),
+        "override": losslab("override", plain, "seed=1", f"tracking.uri={secret_uri}"),
+    }
+    client = MlflowClient(tracking_uri=plain)
+    experiment = client.get_experiment_by_name("losslab")
+    by_seed = {r.data.params["seed"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(by_seed) == ["0", "1"]
+    yield ServerRuns(plain, root, printed, {"env": by_seed["0"], "override": by_seed["1"]})
 
 
 def run_files_containing(server_runs: ServerRuns, entry: str, secret: str) -> list[str]:

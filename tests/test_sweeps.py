@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PRESETS, run_env
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from conftest import PRESETS, all_runs, run_env
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from losslab.app import CONF_DIR
@@ -48,14 +48,6 @@ def run(cmd: list[str], cwd: Path, uri: str, timeout: float = 600) -> subprocess
 
 def output(done: subprocess.CompletedProcess) -> str:
     return f"exit {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
-
-
-def all_runs(uri: str) -> list:
-    client = MlflowClient(tracking_uri=uri)
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    if not experiments:
-        return []
-    return client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000)
 
 
 @dataclass

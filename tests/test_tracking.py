@@ -10,15 +10,12 @@ import csv
 import hashlib
 import json
 import math
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +25,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, run_env
+from conftest import REPO_ROOT, all_runs, mlflow_server, run_env, shrink
 from mlflow.entities import Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -62,22 +59,7 @@ def small_cfg(
     compose_raw, *overrides: str, uri: str, epochs: int = 3, n_samples: int = 200
 ) -> DictConfig:
     """``tiny_cfg`` for any store (the fixture always points at its own temp store)."""
-    raw = compose_raw(*overrides)
-    with open_dict(raw):
-        raw.trainer.epochs = epochs
-        raw.trainer.verbose = 0
-        raw.dataset.n_test = max(1, raw.dataset.n_test * n_samples // raw.dataset.n_samples)
-        raw.dataset.n_samples = n_samples
-        raw.tracking.uri = uri
-    return validate(raw)
-
-
-def all_runs(uri: str) -> list:
-    client = MlflowClient(tracking_uri=uri)
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    if not experiments:
-        return []
-    return client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000)
+    return shrink(compose_raw(*overrides), uri, epochs, n_samples)
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -95,12 +77,6 @@ def read_history(path: Path) -> dict[str, list[float]]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {key: [float(row[key]) for row in rows] for key in rows[0]}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> Any:
@@ -419,6 +395,7 @@ def test_epoch_metrics_buffer_until_flush_and_split_large_batches(tiny_cfg, trac
         buffered.flush()
         at_once = tracking.EpochMetrics(run_id, flush_every=0)
         at_once.add(1, {"other": 0.5})
+        tracking.wait_for_background()  # flushes are sent from a background thread
         assert len(client.get_metric_history(run_id, "other")) == 1
     for key, scale in (("loss", 1.0), ("val_loss", 2.0)):
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
@@ -655,63 +632,22 @@ def test_masked_uri_hides_the_password():
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            MLFLOW,
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'srv.db'}",
-            "--default-artifact-root",
-            str(tmp_path / "art"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers share its process group, ended together below
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=60, what="mlflow server /health", proc=proc)
+def tracking_server(tmp_path):
+    with mlflow_server(tmp_path) as url:
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
 
 
 @pytest.mark.slow
-def test_app_run_against_a_tracking_server(mlflow_server, compose_raw, monkeypatch, tmp_path):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+def test_app_run_against_a_tracking_server(tracking_server, compose_raw, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    cfg = small_cfg(compose_raw, "experiment=blobs_kld", uri=mlflow_server, epochs=2)
+    cfg = small_cfg(compose_raw, "experiment=blobs_kld", uri=tracking_server, epochs=2)
     results = app.run(cfg, tmp_path / "out")
 
-    client = MlflowClient(tracking_uri=mlflow_server)
-    (run,) = all_runs(mlflow_server)
+    client = MlflowClient(tracking_uri=tracking_server)
+    (run,) = all_runs(tracking_server)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["losslab.tracking_uri"] == mlflow_server
+    assert run.data.tags["losslab.tracking_uri"] == tracking_server
     assert run.data.metrics["test_accuracy"] == pytest.approx(results["test"]["accuracy"])
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
     assert run.data.params == tracking.config_params(cfg)
@@ -719,7 +655,7 @@ def test_app_run_against_a_tracking_server(mlflow_server, compose_raw, monkeypat
     (output,) = run.outputs.model_outputs
     model_files = {a.path for a in client.list_logged_model_artifacts(output.model_id)}
     assert {"MLmodel", "input_example.json"} <= model_files
-    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_tracking_uri(tracking_server)
     x_test = np.load(tmp_path / "out" / "data" / "dataset.npz")["x_test"]
     predictions = mlflow.pyfunc.load_model(f"models:/{output.model_id}").predict(x_test)
     assert np.asarray(predictions).shape == (len(x_test), 3)

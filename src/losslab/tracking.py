@@ -7,6 +7,7 @@ all write to one store. ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` point runs 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -38,7 +40,6 @@ from omegaconf import DictConfig
 from losslab.config import ConfigError, as_plain
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-ENTRY_POINTS = ("dvc", "cli", "multirun", "mlflow-run", "rerun")
 TRUNCATED = "...[truncated]"
 _VERSIONED = ("tensorflow-cpu", "keras", "mlflow", "hydra-core", "dvc", "numpy", "scikit-learn")
 
@@ -206,11 +207,27 @@ def run_tags(cfg: DictConfig, entry_point: str, overrides: list[str]) -> dict[st
 
 
 def _log_batch(run_id: str, **entities: list) -> None:
+    """``log_batch`` within MLflow's per-call limits."""
     client, limits = MlflowClient(), {"metrics": MAX_METRICS_PER_BATCH}
     for kind, items in entities.items():
         size = limits.get(kind, MAX_PARAMS_TAGS_PER_BATCH)
         for start in range(0, len(items), size):
             client.log_batch(run_id, **{kind: items[start : start + size]})
+
+
+_SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losslab-metrics")
+_IN_FLIGHT: list[Future] = []
+
+
+def _log_batch_in_background(run_id: str, **entities: list) -> None:
+    """Queue a ``log_batch`` on one background thread, so sending overlaps with training or
+    evaluation; :func:`run` waits for everything queued before it ends the run."""
+    _IN_FLIGHT.append(_SENDER.submit(_log_batch, run_id, **entities))
+
+
+def wait_for_background() -> None:
+    while _IN_FLIGHT:
+        _IN_FLIGHT.pop(0).result()
 
 
 @contextmanager
@@ -267,16 +284,28 @@ def run(
                 _describe(active.info.run_id, cfg, tags, list(overrides))
             yield active
         except (KeyboardInterrupt, Terminated) as stop:
-            mlflow.set_tag("losslab.error", str(stop) or "interrupted")
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            _end(RunStatus.KILLED, str(stop) or "interrupted")
             raise
         except BaseException as error:
-            mlflow.set_tag("losslab.error", _fit(f"{type(error).__name__}: {error}", 5000))
-            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            _end(RunStatus.FAILED, _fit(f"{type(error).__name__}: {error}", 5000))
+            raise
+        try:
+            wait_for_background()
+        except Exception as error:  # the store refused queued metrics: the record is incomplete
+            _end(RunStatus.FAILED, _fit(f"{type(error).__name__}: {error}", 5000))
             raise
         if run_id and "losslab.error" in mlflow.get_run(run_id).data.tags:  # an earlier failure
             MlflowClient().delete_tag(run_id, "losslab.error")
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        _end(RunStatus.FINISHED)
+
+
+def _end(status: int, error: str | None = None) -> None:
+    """End the active run with ``status`` once the queued metrics are sent (or have failed)."""
+    with contextlib.suppress(Exception):
+        wait_for_background()
+    if error is not None:
+        mlflow.set_tag("losslab.error", error)
+    mlflow.end_run(RunStatus.to_string(status))
 
 
 def _describe(run_id: str, cfg: DictConfig, tags: dict[str, str], overrides: list[str]) -> None:
@@ -291,10 +320,11 @@ def _describe(run_id: str, cfg: DictConfig, tags: dict[str, str], overrides: lis
 
 
 class EpochMetrics:
-    """Buffers per-epoch metrics and sends them with ``log_batch`` every few seconds.
+    """Buffers per-epoch metrics and sends them with one ``log_batch`` every few seconds, from
+    a background thread.
 
-    One MLflow call per value costs more than a small model's epoch; batching keeps tracking a
-    few percent of a run while the UI still follows a long run as it trains.
+    One MLflow call per value costs more than a small model's epoch; batched and sent beside
+    the training, they cost it almost nothing while the UI still follows a long run.
     """
 
     def __init__(self, run_id: str, flush_every: float = 10.0) -> None:
@@ -310,7 +340,7 @@ class EpochMetrics:
 
     def flush(self) -> None:
         if self.pending:
-            _log_batch(self.run_id, metrics=self.pending)
+            _log_batch_in_background(self.run_id, metrics=self.pending)
         self.pending, self.last_flush = [], time.monotonic()
 
 
@@ -357,6 +387,7 @@ def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> N
         )
     tags = {"losslab.data_hash": meta["sha256"], "losslab.classes": json.dumps(meta.get("classes"))}
     mlflow.log_input(dataset, context="training", tags=tags)
+    mlflow.set_tag("losslab.data_hash", meta["sha256"])  # searchable: tags.`losslab.data_hash`
 
 
 class _KerasSaver:
