@@ -133,7 +133,7 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
     finally:
         if epochs is not None:
             epochs.flush()
-    tracking.log_metric("train_seconds", time.perf_counter() - started)
+    tracking.log_metrics({"train_seconds": time.perf_counter() - started})
     with atomic_path(layout.model) as tmp:
         result.model.save(tmp)
     write_history_csv(layout.history, result.history)

@@ -8,6 +8,7 @@ all write to one store. ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` point runs 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -220,7 +221,7 @@ _IN_FLIGHT: list[Future] = []
 
 
 def _log_batch_in_background(run_id: str, **entities: list) -> None:
-    """Queue a ``log_batch`` on one background thread, so sending overlaps with training or
+    """Queue a ``log_batch`` on the one background thread, so sending overlaps with training or
     evaluation; :func:`run` waits for everything queued before it ends the run."""
     _IN_FLIGHT.append(_SENDER.submit(_log_batch, run_id, **entities))
 
@@ -310,7 +311,7 @@ def _end(status: int, error: str | None = None) -> None:
 
 def _describe(run_id: str, cfg: DictConfig, tags: dict[str, str], overrides: list[str]) -> None:
     """Params, tags and the resolved config of a new run."""
-    _log_batch(
+    _log_batch_in_background(
         run_id,
         params=[Param(k, v) for k, v in config_params(cfg).items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
@@ -358,18 +359,17 @@ def log_artifact(path: Path, folder: str) -> None:
         mlflow.log_artifact(str(path), folder)
 
 
-def log_metric(name: str, value: float) -> None:
+def log_metrics(values: dict[str, float]) -> None:
+    """Final values (step 0), sent in the background like the per-epoch ones."""
     if active():
-        mlflow.log_metric(name, value)
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), stamp, 0) for k, v in values.items()]
+        _log_batch_in_background(mlflow.active_run().info.run_id, metrics=metrics)
 
 
 def log_final_metrics(results: dict[str, dict[str, float]]) -> None:
     """Evaluation results as ``train_loss``, ``test_accuracy``, ..."""
-    if not active():
-        return
-    mlflow.log_metrics(
-        {f"{split}_{k}": v for split, scores in results.items() for k, v in scores.items()}
-    )
+    log_metrics({f"{split}_{k}": v for split, scores in results.items() for k, v in scores.items()})
 
 
 def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> None:
@@ -387,7 +387,8 @@ def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> N
         )
     tags = {"losslab.data_hash": meta["sha256"], "losslab.classes": json.dumps(meta.get("classes"))}
     mlflow.log_input(dataset, context="training", tags=tags)
-    mlflow.set_tag("losslab.data_hash", meta["sha256"])  # searchable: tags.`losslab.data_hash`
+    run_id = mlflow.active_run().info.run_id  # and as a searchable tag: tags.`losslab.data_hash`
+    _log_batch_in_background(run_id, tags=[RunTag("losslab.data_hash", meta["sha256"])])
 
 
 class _KerasSaver:
@@ -405,14 +406,15 @@ class _KerasSaver:
         mlflow.keras.save_model(path=path, **kwargs)
 
 
-def log_model(model: Any, example: Any) -> str | None:
-    """Log the Keras model with its signature and an input example; return the model URI.
+def log_model(model: Any, example: Any) -> None:
+    """Log the Keras model with its signature and an input example, from the background thread
+    (saving it overlaps with evaluation and plotting; :func:`run` waits for it).
 
     MLflow gets an uncompiled copy with the trained weights: it predicts the same, and it loads
     anywhere without losslab's custom metrics being importable.
     """
     if not active():
-        return None
+        return
     import keras
     from mlflow.models import Model, infer_signature
 
@@ -421,8 +423,10 @@ def log_model(model: Any, example: Any) -> str | None:
     example = example[:5]
     signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
     requirements = [f"{p}=={metadata.version(p)}" for p in ("keras", "tensorflow-cpu", "numpy")]
-    info = Model.log(
+    log = functools.partial(
+        Model.log,
         artifact_path=None,
+        run_id=mlflow.active_run().info.run_id,
         name="model",
         flavor=_KerasSaver,
         flavor_name="mlflow.keras",
@@ -432,4 +436,4 @@ def log_model(model: Any, example: Any) -> str | None:
         pip_requirements=requirements,
         validate_serving_input=False,  # reloading to predict costs more than a short run
     )
-    return info.model_uri
+    _IN_FLIGHT.append(_SENDER.submit(log))
