@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from losslab.app import CONF_DIR
 from losslab.config import validate
@@ -163,3 +163,25 @@ def mlflow_server(root: Path) -> Iterator[str]:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
         log.close()
+
+
+def set_params(path: Path, **changes: object) -> None:
+    """Set dotted keys in a params file, e.g. ``**{"trainer.epochs": 2}``."""
+    params = OmegaConf.load(path)
+    for key, value in changes.items():
+        OmegaConf.update(params, key, value, merge=False)
+    OmegaConf.save(params, path)
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """Poll ``condition`` until it returns something true; fail if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            _, stderr = proc.communicate()
+            pytest.fail(f"process exited with {proc.returncode} waiting for {what}:\n{stderr}")
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -20,11 +20,10 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, all_runs, clone_repo, run_env
+from conftest import REPO_ROOT, all_runs, clone_repo, run_env, set_params, wait_for
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -82,28 +81,8 @@ def make_experiment(uri: str) -> str:
     return client.create_experiment("losslab", artifact_location=artifacts)
 
 
-def set_params(path: Path, **changes: Any) -> None:
-    params = OmegaConf.load(path)
-    for key, value in changes.items():
-        OmegaConf.update(params, key, value, merge=False)
-    OmegaConf.save(params, path)
-
-
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            _, stderr = proc.communicate()
-            pytest.fail(f"process exited with {proc.returncode} waiting for {what}:\n{stderr}")
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def start(cmd: list[str], cwd: Path, uri: str, **env: str) -> subprocess.Popen:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, all_runs, clone_repo, run_env
+from conftest import REPO_ROOT, all_runs, clone_repo, run_env, set_params
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -48,13 +48,6 @@ def read_history(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def shrink_params(path: Path, **changes: object) -> None:
-    params = OmegaConf.load(path)
-    for key, value in changes.items():
-        OmegaConf.update(params, key, value, merge=False)
-    OmegaConf.save(params, path)
-
-
 # --------------------------------------------------------------------------------------------
 # The DVC pipeline in a clone of the committed HEAD, reproduced once for the whole module.
 # --------------------------------------------------------------------------------------------
@@ -75,7 +68,7 @@ class Pipeline:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     root = tmp_path_factory.mktemp("pipeline")
     clone = clone_repo(root / "clone")
-    shrink_params(
+    set_params(
         clone / "params.yaml",
         **{
             "trainer.epochs": EPOCHS,
@@ -157,7 +150,7 @@ def test_dvc_repro_is_a_noop_then_reruns_only_downstream_of_a_changed_param(
     assert (clone / "dvc.lock").read_bytes() == lock_before
 
     params = OmegaConf.load(clone / "params.yaml")
-    shrink_params(
+    set_params(
         clone / "params.yaml", **{"optimizer.learning_rate": params.optimizer.learning_rate * 2}
     )
     changed = run([DVC, "repro"], clone, pipeline.uri)
@@ -350,7 +343,7 @@ def stage_dir(tmp_path: Path, tracking_uri: str) -> Path:
     root = tmp_path / "stage"
     root.mkdir()
     shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")
-    shrink_params(root / "params.yaml", **{"dataset.n_samples": 200, "dataset.n_test": 100})
+    set_params(root / "params.yaml", **{"dataset.n_samples": 200, "dataset.n_test": 100})
     cfg = load_params(root / "params.yaml")
     layout = steps.Layout(root)
     steps.generate(cfg, layout)

@@ -25,7 +25,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, all_runs, mlflow_server, run_env, shrink
+from conftest import REPO_ROOT, all_runs, mlflow_server, run_env, shrink, wait_for
 from mlflow.entities import Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -77,19 +77,6 @@ def read_history(path: Path) -> dict[str, list[float]]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {key: [float(row[key]) for row in rows] for key in rows[0]}
-
-
-def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"process exited with {proc.returncode} while waiting for {what}")
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(autouse=True)

@@ -26,18 +26,17 @@ def run(
 ) -> dict[str, dict[str, float]]:
     """Validate ``cfg``, then generate, train, evaluate and plot into ``output_dir``.
 
-    Data generation happens before the MLflow run starts; the other three steps share one run.
-    Returns the train and test scores, and the last epoch's validation scores.
+    All four steps share one MLflow run; opening it first checks the tracking store, so an
+    unreachable server is reported before anything is written. Returns the train and test
+    scores, and the last epoch's validation scores.
     """
     cfg = validate(cfg)
     from losslab import steps, tracking
     from losslab.storage import read_history_csv
 
     layout = steps.Layout(Path(output_dir))
-    if cfg.tracking.enabled:
-        tracking.prepare(cfg)  # an unreachable server is reported before anything is written
-    steps.generate(cfg, layout)
     with tracking.run(cfg, entry_point, overrides, extra_tags=extra_tags):
+        steps.generate(cfg, layout)
         model = steps.train(cfg, layout)
         results = steps.evaluate(cfg, layout, model)
         steps.plot(cfg, layout, model)

@@ -16,14 +16,16 @@ STEP_NAMES = ("generate", "train", "evaluate", "plot")
 
 
 def run_stage(step: str, params: Path, root: Path) -> None:
-    from losslab import steps, tracking
+    from losslab import steps
     from losslab.storage import read_json
 
     cfg = load_params(params)
     layout = steps.Layout(root)
-    if step == "generate":
+    if step == "generate":  # no MLflow run yet: the train stage starts it
         steps.generate(cfg, layout)
         return
+    from losslab import tracking
+
     if step == "train":
         with tracking.run(cfg, "dvc"):
             steps.train(cfg, layout)

@@ -2,8 +2,8 @@
 
 The DVC stages run one step per process; the ``losslab`` app runs all four in one process; both
 call these functions, so a run looks the same in MLflow whichever way it was started. Each step
-logs to the active MLflow run. Heavy imports (TensorFlow, matplotlib) happen inside the steps
-that need them, so config errors are reported without loading them.
+logs to the active MLflow run. Heavy imports (TensorFlow, matplotlib, MLflow) happen inside the
+steps that need them, so config errors and data generation do without them.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from omegaconf import DictConfig
 
-from losslab import losses, tracking
+from losslab import losses
 from losslab.config import as_plain
 from losslab.datasets import Dataset, make_dataset
 from losslab.losses import Task
@@ -118,7 +117,7 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
     data, meta = load_dataset(layout)  # before importing TensorFlow: a bad input fails at once
     import keras
 
-    from losslab import training
+    from losslab import tracking, training
 
     tracking.log_dataset(data.arrays(), meta, layout.data)
     epochs = tracking.epoch_metrics()
@@ -137,14 +136,7 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
     with atomic_path(layout.model) as tmp:
         result.model.save(tmp)
     write_history_csv(layout.history, result.history)
-    active = mlflow.active_run()
-    write_json(
-        layout.run_info,
-        {
-            "run_id": active.info.run_id if active else None,
-            "tracking_uri": tracking.masked_uri(mlflow.get_tracking_uri()) if active else None,
-        },
-    )
+    write_json(layout.run_info, tracking.run_record())
     tracking.log_artifact(layout.history, "history")
     tracking.log_artifact(layout.data_meta, "data")
     tracking.log_model(result.model, data.x_test)
@@ -157,7 +149,7 @@ def evaluate(cfg: DictConfig, layout: Layout, model: Any = None) -> dict[str, di
     Standardized regression targets also get ``mse_original`` and ``mae_original``: the errors in
     the data's own units, which a reader can judge.
     """
-    from losslab import training
+    from losslab import tracking, training
 
     data, _ = load_dataset(layout)
     model = model or training.load_model(layout.model)
@@ -179,7 +171,7 @@ def evaluate(cfg: DictConfig, layout: Layout, model: Any = None) -> dict[str, di
 
 def plot(cfg: DictConfig, layout: Layout, model: Any = None) -> list[Path]:
     """Draw the run's figures of the model (by default the saved one) and log them."""
-    from losslab import plots, training
+    from losslab import plots, tracking, training
 
     data, _ = load_dataset(layout)
     title = f"{cfg.dataset.name} · {cfg.loss.name} · {cfg.optimizer.name} · seed {cfg.seed}"

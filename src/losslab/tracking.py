@@ -350,6 +350,14 @@ def active() -> bool:
     return mlflow.active_run() is not None
 
 
+def run_record() -> dict[str, str | None]:
+    """What a DVC stage after train needs to add to the same run (nothing without a run)."""
+    run = mlflow.active_run()
+    if run is None:
+        return {"run_id": None, "tracking_uri": None}
+    return {"run_id": run.info.run_id, "tracking_uri": masked_uri(mlflow.get_tracking_uri())}
+
+
 def epoch_metrics() -> EpochMetrics | None:
     return EpochMetrics(mlflow.active_run().info.run_id) if active() else None
 
