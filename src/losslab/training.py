@@ -1,9 +1,10 @@
 """Training and evaluation of one configured model on one dataset.
 
-Data is fed through tf.data pipelines built once (cached, reshuffled every epoch with the run's
-seed) and each epoch runs as one compiled execution: the same batches, epochs, optimizer and
-per-epoch validation as a plain ``model.fit`` on NumPy arrays, without Keras rebuilding its data
-adapter every epoch.
+Keras's ``fit`` pays a fixed cost per epoch (a new data iterator, a separate validation pass,
+logs converted to Python) that dwarfs a small model's arithmetic. Here whole groups of epochs run
+as one compiled graph built from Keras's own ``train_step`` and ``test_step``: the same batches,
+per-epoch reshuffling, optimizer, loss tracking and per-epoch validation metrics as
+``model.fit(x, y, validation_data=..., shuffle=True)``, handed to Keras callbacks epoch by epoch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from losslab.storage import StageInputError
 
 tf.get_logger().setLevel("ERROR")  # retracing notes when one process trains several models
 
+EPOCHS_PER_CALL = 10
+"""Epochs per compiled call: callbacks, the progress bar and ``model.stop_training`` act at
+this granularity, and a call costs about a millisecond."""
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the message says when and what to change."""
@@ -45,13 +50,6 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def _pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None) -> Any:
-    data = tf.data.Dataset.from_tensor_slices((x, y)).cache()
-    if shuffle_seed is not None:
-        data = data.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def training_arrays(cfg: Any, data: Dataset) -> tuple[tuple, tuple]:
     """(x, y) to fit on and (x, y) to validate on, as the trainer config says, targets encoded."""
     spec = losses.get(cfg.loss.name)
@@ -62,41 +60,103 @@ def training_arrays(cfg: Any, data: Dataset) -> tuple[tuple, tuple]:
     return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
 
 
-def compile_model(cfg: Any, data: Dataset, steps_per_execution: int = 1) -> keras.Model:
+def compile_model(cfg: Any, data: Dataset) -> keras.Model:
     spec = losses.get(cfg.loss.name)
     model = build_model(cfg.model, data.n_features, spec, data.n_classes)
     model.compile(
         optimizer=build_optimizer(cfg.optimizer),
         loss=spec.keras_name,
         metrics=build_metrics(spec),
-        steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def _in_batches(step: Any, x: tf.Tensor, y: tf.Tensor, batch_size: int) -> None:
+    """Run ``step`` on consecutive batches, the last one possibly short, as ``fit`` does."""
+    rows = int(x.shape[0])
+
+    def one_batch(i: tf.Tensor) -> tuple[tf.Tensor]:
+        end = tf.minimum((i + 1) * batch_size, rows)
+        step((x[i * batch_size : end], y[i * batch_size : end]))
+        return (i + 1,)
+
+    tf.while_loop(lambda i: i < math.ceil(rows / batch_size), one_batch, (tf.constant(0),))
+
+
+def _compiled_epochs(
+    model: keras.Model, train: tuple, validation: tuple, batch_size: int, seed: int
+) -> tuple[list[str], Any]:
+    """The names of the per-epoch logs and a compiled ``run(first, count)`` that trains epochs
+    ``first .. first+count-1`` and returns one row of logs per epoch (fewer if the loss stops
+    being finite: training ends with that epoch).
+
+    Each epoch reshuffles the training rows by a permutation drawn from (seed, epoch), so a run is
+    reproducible and the order does not depend on how epochs are grouped into calls.
+    """
+    x, y, x_val, y_val = (tf.constant(a) for a in (*train, *validation))
+    model.optimizer.build(model.trainable_variables)
+    names = list(model.test_step((x_val[:batch_size], y_val[:batch_size])))  # builds metrics
+    model.reset_metrics()
+
+    def results() -> list[tf.Tensor]:
+        logs = model.get_metrics_result()
+        return [tf.cast(logs[name], tf.float32) for name in names]
+
+    @tf.function
+    def run(first: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+        def epoch(e: tf.Tensor, finite: tf.Tensor, rows: tf.TensorArray) -> tuple:
+            order = tf.argsort(tf.random.stateless_uniform([len(train[0])], seed=[seed, e]))
+            model.reset_metrics()
+            _in_batches(model.train_step, tf.gather(x, order), tf.gather(y, order), batch_size)
+            trained = results()
+            model.reset_metrics()
+            with tf.control_dependencies(trained):
+                _in_batches(model.test_step, x_val, y_val, batch_size)
+            row = tf.stack(trained + results())
+            return e + 1, tf.math.is_finite(trained[0]), rows.write(e - first, row)
+
+        _, _, rows = tf.while_loop(
+            lambda e, finite, rows: tf.logical_and(e < first + count, finite),
+            epoch,
+            (first, tf.constant(True), tf.TensorArray(tf.float32, size=0, dynamic_size=True)),
+        )
+        return rows.stack()
+
+    return names + [f"val_{name}" for name in names], run
 
 
 def fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
     """Train the configured model; raise TrainingDiverged if the loss stops being finite."""
     seed_everything(cfg.seed)
-    (x, y), (x_val, y_val) = training_arrays(cfg, data)
-    batch_size = cfg.trainer.batch_size
-    steps_per_epoch = math.ceil(len(x) / batch_size)
-    model = compile_model(cfg, data, steps_per_execution=steps_per_epoch)
-    history = model.fit(
-        _pipeline(x, y, batch_size, shuffle_seed=cfg.seed),
-        validation_data=_pipeline(x_val, y_val, batch_size, shuffle_seed=None),
-        epochs=cfg.trainer.epochs,
-        shuffle=False,  # the pipeline reshuffles every epoch with the run's seed
+    train, validation = training_arrays(cfg, data)
+    batch_size, epochs = cfg.trainer.batch_size, cfg.trainer.epochs
+    model = compile_model(cfg, data)
+    names, run = _compiled_epochs(model, train, validation, batch_size, cfg.seed)
+    history = keras.callbacks.History()
+    callback_list = keras.callbacks.CallbackList(
+        [history, *callbacks],
+        add_progbar=cfg.trainer.verbose != 0,
+        model=model,
         verbose=cfg.trainer.verbose,
-        callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
-    ).history
-    history = {key: [float(v) for v in values] for key, values in history.items()}
-    losses_seen = history.get("loss", [])
-    if not losses_seen or not np.isfinite(losses_seen[-1]):
-        raise TrainingDiverged(
-            f"loss became non-finite at epoch {len(losses_seen)} of {cfg.trainer.epochs}; "
-            f"lower optimizer.learning_rate (now {cfg.optimizer.learning_rate})"
-        )
-    return TrainResult(model, history)
+        epochs=epochs,
+        steps=math.ceil(len(train[0]) / batch_size),
+    )
+    callback_list.on_train_begin()
+    model.stop_training, epoch, logs = False, 0, {}
+    while epoch < epochs and not model.stop_training:
+        rows = run(tf.constant(epoch), tf.constant(min(EPOCHS_PER_CALL, epochs - epoch))).numpy()
+        for row in rows:
+            callback_list.on_epoch_begin(epoch)
+            logs = dict(zip(names, row.tolist(), strict=True))
+            callback_list.on_epoch_end(epoch, logs)
+            epoch += 1
+        if not np.isfinite(logs["loss"]):
+            raise TrainingDiverged(
+                f"loss became non-finite at epoch {epoch} of {epochs}; "
+                f"lower optimizer.learning_rate (now {cfg.optimizer.learning_rate})"
+            )
+    callback_list.on_train_end(logs)
+    return TrainResult(model, {key: list(values) for key, values in history.history.items()})
 
 
 def evaluate(cfg: Any, model: keras.Model, data: Dataset) -> dict[str, dict[str, float]]:
@@ -105,11 +165,8 @@ def evaluate(cfg: Any, model: keras.Model, data: Dataset) -> dict[str, dict[str,
     results = {}
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
         encoded = losses.encode_targets(spec, y, data.n_classes)
-        scores = model.evaluate(
-            _pipeline(x, encoded, cfg.trainer.batch_size, shuffle_seed=None),
-            verbose=0,
-            return_dict=True,
-        )
+        batches = tf.data.Dataset.from_tensor_slices((x, encoded)).batch(cfg.trainer.batch_size)
+        scores = model.evaluate(batches, verbose=0, return_dict=True)
         results[split] = {name: float(value) for name, value in scores.items()}
     return results
 
