@@ -178,6 +178,16 @@ def test_multirun_publishes_report_to_sweep_dir_and_parent(three_loss_sweep: Swe
     assert {f"report/{name}" for name in REPORT_FILES} <= logged
 
 
+def test_untracked_sweep_touches_no_store(tmp_path: Path) -> None:
+    sweep = multirun(
+        tmp_path, "tracking.enabled=false", "loss=mse,mae", "dataset=regression", *TINY
+    )
+    assert sweep.done.returncode == 0, output(sweep.done)
+    assert len(progress_lines(sweep.done.stderr)) == 2
+    assert not (tmp_path / "mlruns").exists()
+    assert sorted(p.name for p in sweep.sweep_dir.glob("*/metrics.json")) == ["metrics.json"] * 2
+
+
 # --------------------------------------------------------------------------------------------
 # 2. joblib: two worker processes on a fresh SQLite store.
 # --------------------------------------------------------------------------------------------
@@ -211,6 +221,10 @@ def test_joblib_sweep_on_fresh_store(tmp_path: Path) -> None:
     combos = sorted((c.data.params["loss.name"], c.data.params["seed"]) for c in children)
     assert combos == sorted((loss, seed) for loss in ("mse", "mae") for seed in ("0", "1"))
     assert len(progress_lines(sweep.done.stderr)) == 4
+    # the jobs ran in the worker processes warmed up (TensorFlow imported) before the launch
+    warm = re.search(r"losslab: worker processes ([\d, ]+) ready", sweep.done.stderr)
+    assert warm, text
+    assert {c.data.tags["losslab.pid"] for c in children} <= set(warm.group(1).split(", "))
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.inspection import DecisionBoundaryDisplay  # noqa: E402
 
 from losslab import losses  # noqa: E402
 from losslab.datasets import Dataset  # noqa: E402
@@ -78,6 +77,8 @@ def dataset_scatter(data: Dataset, title: str, target: Path) -> Path:
 
 def decision_boundary(model: Any, loss_name: str, data: Dataset, title: str, target: Path) -> Path:
     """Predicted class over the plane of a 2-feature dataset, with the test points on top."""
+    from sklearn.inspection import DecisionBoundaryDisplay  # scikit-learn takes 1.4 s to import
+
     spec = losses.get(loss_name)
     points = np.vstack([data.x_train, data.x_test])
     low, high = points.min(axis=0) - 0.25, points.max(axis=0) + 0.25

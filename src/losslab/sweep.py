@@ -2,9 +2,9 @@
 
 ``on_multirun_start`` creates the store, the experiment and the parent run before any job
 starts (parallel jobs opening a fresh SQLite store race its schema migration otherwise).
-Each job learns the parent's id in ``on_job_start`` (which runs in the job's own process, for
-the joblib launcher too), reports progress in ``on_job_end``, and ``on_multirun_end`` ends the
-parent with the sweep's outcome and writes the report into it.
+Each job learns the parent's id and store in ``on_job_start`` (which runs in the job's own
+process, for the joblib and Ray launchers too), reports progress in ``on_job_end``, and
+``on_multirun_end`` ends the parent with the sweep's outcome and writes the report into it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,38 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60:d}:{minutes % 60:02d}:{seconds:02d}"
 
 
+def _import_what_jobs_use(tracked: bool) -> int:
+    import sklearn.datasets  # noqa: F401  (the generators)
+
+    import losslab.plots  # noqa: F401  (Matplotlib)
+    import losslab.training  # noqa: F401  (TensorFlow and Keras)
+
+    if tracked:
+        import mlflow.keras  # noqa: F401
+
+        import losslab.tracking  # noqa: F401
+    return os.getpid()
+
+
+def _warm_up_workers(launcher: DictConfig, tracked: bool) -> Future | None:
+    """For the joblib launcher, start its worker processes now and have each import TensorFlow
+    (and MLflow) while this process prepares the sweep (about 6 s that would otherwise delay
+    the first jobs); the launcher's ``Parallel`` with the same settings reuses the workers.
+    The future gives the workers' process ids."""
+    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return None
+    from joblib import Parallel, delayed, effective_n_jobs
+
+    settings = {k: v for k, v in OmegaConf.to_container(launcher).items() if k != "_target_"}
+    settings["backend"] = "loky"  # as the launcher sets it
+    workers = effective_n_jobs(settings["n_jobs"])
+    jobs = (delayed(_import_what_jobs_use)(tracked) for _ in range(workers))
+    pool = ThreadPoolExecutor(1)
+    warming = pool.submit(lambda: sorted(set(Parallel(**settings)(jobs))))
+    pool.shutdown(wait=False)
+    return warming
+
+
 class SweepTracker(Callback):
     """Parent/child MLflow runs and progress (jobs done/total, time left) for ``losslab -m``."""
 
@@ -64,20 +97,30 @@ class SweepTracker(Callback):
         self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from losslab import tracking
+        tracked = bool(config.tracking.enabled)
+        warming = _warm_up_workers(config.hydra.launcher, tracked)
         from losslab.app import CONF_DIR
 
         hydra_cfg = config.hydra
-        overrides = list(hydra_cfg.overrides.task)
-        study = hydra_cfg.runtime.choices.get("study") or ""
-        experiment_id = tracking.prepare(config)
-        self.tracking_uri = tracking.client_uri(tracking.tracking_uri(config))
         self.total = count_jobs(hydra_cfg, CONF_DIR)
-        self.sweep_dir = Path(hydra_cfg.sweep.dir)
+        self.sweep_dir = Path(hydra_cfg.sweep.dir).absolute()  # Ray workers start elsewhere
         (self.sweep_dir / _PROGRESS).mkdir(parents=True, exist_ok=True)
         self.started = time.time()
+        if tracked:
+            self._start_parent(config)
+        if warming is not None:
+            pids = ", ".join(map(str, warming.result()))
+            print(f"losslab: worker processes {pids} ready", file=sys.stderr, flush=True)
+
+    def _start_parent(self, config: DictConfig) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from losslab import tracking
+
+        overrides = list(config.hydra.overrides.task)
+        study = config.hydra.runtime.choices.get("study") or ""
+        experiment_id = tracking.prepare(config)
+        self.tracking_uri = tracking.client_uri(tracking.tracking_uri(config))
         name = f"sweep·{study or ' '.join(overrides)}"[:200]
         tags = {
             "losslab.sweep": "true",
@@ -97,8 +140,13 @@ class SweepTracker(Callback):
         )
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Point the job at the parent and its store: a Ray worker runs in the environment of
+        ``ray start``, not the sweep's, so ``$MLFLOW_TRACKING_URI`` travels with the callback
+        (without credentials: a remote worker needs its own MLFLOW_TRACKING_USERNAME/PASSWORD)."""
         if self.parent_run_id:
             os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        if self.tracking_uri:
+            os.environ.setdefault("MLFLOW_TRACKING_URI", self.tracking_uri)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
