@@ -1,0 +1,386 @@
+"""The reference study side by side: tutorial-style scripts vs losslab vs the compiled floor.
+
+One command, one machine, one invocation:
+
+    python benchmarks/speed.py            (about 12 minutes on 2 cores)
+
+- A, reference: each of the 11 reference experiments as the tutorials write it
+  (benchmarks/tutorial_style.py), one fresh process each, one after the other, no tracking;
+  run --repeats times in all (the extra runs untimed) for the run-to-run spread of its results.
+- B, losslab: ``losslab -m study=seeds hydra.sweeper.params.seed=0`` (one repetition of the
+  study), MLflow tracking, plots and the study report included, into a fresh SQLite store.
+- B without tracking: the same with ``tracking.enabled=false``.
+- C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
+- One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking.
+- Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers, and how fast the CLI
+  answers ``--help`` and a config error.
+
+Wall times include process start-up and imports. Peak RSS is sampled per process (psutil).
+Prints a table, writes benchmarks/speed.json and draws docs/benchmark.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import psutil
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from losslab.app import CONF_DIR
+from losslab.config import as_plain, validate
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+STUDY = ["-m", "study=seeds", "hydra.sweeper.params.seed=0"]
+
+
+def reference_presets() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if "real_" not in p.stem)
+
+
+class Measured:
+    """A command's wall time and the peak RSS of each process of its tree."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.peaks: dict[int, int] = {}
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        sampler = threading.Thread(target=self._sample, args=(process.pid,), daemon=True)
+        sampler.start()
+        self.output = process.communicate()[0]
+        self.seconds = time.perf_counter() - started
+        sampler.join()
+        self.root_pid = process.pid
+        if process.returncode != 0:
+            sys.exit(f"{' '.join(command)} failed:\n{self.output[-3000:]}")
+
+    def _sample(self, pid: int) -> None:
+        try:
+            root = psutil.Process(pid)
+            while root.is_running() and root.status() != psutil.STATUS_ZOMBIE:
+                for process in [root, *root.children(recursive=True)]:
+                    try:
+                        rss = process.memory_info().rss
+                    except psutil.Error:
+                        continue
+                    self.peaks[process.pid] = max(self.peaks.get(process.pid, 0), rss)
+                time.sleep(0.1)
+        except psutil.Error:
+            return
+
+    @property
+    def root_peak_gb(self) -> float:
+        return self.peaks.get(self.root_pid, 0) / 1e9
+
+    @property
+    def worker_peak_gb(self) -> float:
+        workers = [rss for pid, rss in self.peaks.items() if pid != self.root_pid]
+        return max(workers, default=0) / 1e9
+
+
+def write_configs(folder: Path, presets: list[str], seed: int) -> dict[str, Path]:
+    paths = {}
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for preset in presets:
+            cfg = validate(compose("config", overrides=[f"experiment={preset}", f"seed={seed}"]))
+            paths[preset] = folder / f"{preset}-s{seed}.json"
+            paths[preset].write_text(json.dumps(as_plain(cfg)))
+    return paths
+
+
+def run_reference(
+    configs: dict[str, Path], folder: Path, timed: bool, repeat: int
+) -> dict[str, dict]:
+    """Each experiment in its own process; one at a time when timed, else two at once."""
+
+    def one(preset: str) -> tuple[str, dict]:
+        out = folder / f"A-{preset}-{repeat}.json"
+        measured = Measured([sys.executable, str(HERE / "tutorial_style.py"), configs[preset], out])
+        result = json.loads(out.read_text())
+        result.update(wall_s=measured.seconds, peak_rss_gb=measured.root_peak_gb)
+        if timed:
+            print(f"  A {preset:24s} {measured.seconds:6.1f} s", flush=True)
+        return preset, result
+
+    with ThreadPoolExecutor(1 if timed else 2) as pool:
+        return dict(pool.map(one, configs))
+
+
+def run_study(folder: Path, name: str, *extra: str) -> tuple[Measured, str]:
+    uri = f"sqlite:///{folder / name}.db"
+    sweep_dir = f"hydra.sweep.dir={folder / name}"
+    measured = Measured(
+        [str(BIN / "losslab"), *STUDY, sweep_dir, *extra], {"MLFLOW_TRACKING_URI": uri}
+    )
+    print(f"  {name:26s} {measured.seconds:6.1f} s", flush=True)
+    return measured, uri
+
+
+def study_runs(uri: str) -> dict[str, dict]:
+    """Per preset: the job's wall time, its training time and its test metrics, from MLflow."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    jobs = {}
+    for run in runs:
+        preset = run.data.tags.get("losslab.preset")
+        if not preset or run.data.tags.get("losslab.entry_point") != "multirun":
+            continue
+        metrics = run.data.metrics
+        jobs[preset] = {
+            "wall_s": (run.info.end_time - run.info.start_time) / 1000,
+            "train_s": metrics["train_seconds"],
+            **{k: v for k, v in metrics.items() if k in ("test_loss", "test_accuracy", "test_mse")},
+        }
+    return jobs
+
+
+def throughput(folder: Path, workers: int, jobs: int = 8) -> float:
+    """Jobs per minute of a sweep of ``jobs`` short runs on ``workers`` processes."""
+    measured = Measured(
+        [
+            str(BIN / "losslab"),
+            "-m",
+            "experiment=reg_mse",
+            f"seed=range(0,{jobs})",
+            "hydra/launcher=joblib",
+            f"hydra.launcher.n_jobs={workers}",
+            f"hydra.sweep.dir={folder / f'throughput{workers}'}",
+        ],
+        {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / f'throughput{workers}'}.db"},
+    )
+    return 60 * jobs / measured.seconds
+
+
+def single_run(folder: Path) -> dict[str, float]:
+    """Wall time of one ``losslab experiment=separable_hinge`` process, tracked and not, on a
+    store that already exists (as it does after the first run)."""
+    uri = f"sqlite:///{folder / 'single'}.db"
+    MlflowClient(uri).search_experiments()
+    seconds = {}
+    for tracked in ("true", "false"):
+        measured = Measured(
+            [
+                str(BIN / "losslab"),
+                "experiment=separable_hinge",
+                "trainer.verbose=0",
+                f"tracking.enabled={tracked}",
+                f"hydra.run.dir={folder / f'single-{tracked}'}",
+            ],
+            {"MLFLOW_TRACKING_URI": uri},
+        )
+        seconds["tracked_s" if tracked == "true" else "untracked_s"] = measured.seconds
+    return seconds
+
+
+def cli_latency() -> dict[str, float]:
+    timings = {}
+    for name, args in (("help", ["--help"]), ("config_error", ["loss=no_such_loss"])):
+        started = time.perf_counter()
+        subprocess.run([str(BIN / "losslab"), *args], capture_output=True, check=False)
+        timings[name] = time.perf_counter() - started
+    return timings
+
+
+def linearity(sizes: dict) -> float:
+    """R² of a straight line through (size, seconds)."""
+    x = np.array([float(k) for k in sizes])
+    y = np.array(list(sizes.values()))
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    return float(1 - residual.var() / y.var())
+
+
+def spread_check(reference: dict[str, list[dict]], losslab_jobs: dict[str, dict]) -> dict:
+    """Whether B's test loss lies within A's mean ± 3 standard deviations over repeats."""
+    checks = {}
+    for preset, results in reference.items():
+        values = [r["test_loss"] for r in results]
+        mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        tolerance = max(3 * sd, 0.05 * abs(mean), 1e-4)
+        b = losslab_jobs[preset]["test_loss"]
+        checks[preset] = {
+            "a_mean": mean,
+            "a_sd": sd,
+            "b": b,
+            "within": abs(b - mean) <= tolerance,
+        }
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of A, for its spread")
+    parser.add_argument("--out", type=Path, default=HERE / "speed.json")
+    parser.add_argument("--figure", type=Path, default=HERE.parent / "docs" / "benchmark.png")
+    args = parser.parse_args()
+    presets = reference_presets()
+    with tempfile.TemporaryDirectory(prefix="losslab-bench-") as tmp:
+        folder = Path(tmp)
+        configs = write_configs(folder, presets, seed=0)
+        print("A, reference (tutorial-style scripts, one process each):", flush=True)
+        reference = run_reference(configs, folder, timed=True, repeat=0)
+        print("B, losslab study:", flush=True)
+        tracked, uri = run_study(folder, "B-losslab")
+        untracked, _ = run_study(folder, "B-without-tracking", "tracking.enabled=false")
+        jobs = study_runs(uri)
+        print("C, compiled floor; scaling; throughput; CLI:", flush=True)
+        floor_out = folder / "floor.json"
+        Measured([sys.executable, str(HERE / "floor.py"), *configs.values(), floor_out])
+        floor = json.loads(floor_out.read_text())
+        scaling_out = folder / "scaling.json"
+        Measured([sys.executable, str(HERE / "scaling.py"), scaling_out])
+        scaling = json.loads(scaling_out.read_text())
+        jobs_per_minute = {n: throughput(folder, n) for n in (1, 2)}
+        single = single_run(folder)
+        latency = cli_latency()
+        print(f"A {args.repeats - 1} more times, for the spread:", flush=True)
+        spreads = {p: [reference[p]] for p in presets}
+        for repeat in range(1, args.repeats):
+            for preset, result in run_reference(configs, folder, False, repeat).items():
+                spreads[preset].append(result)
+
+    a_total = sum(r["wall_s"] for r in reference.values())
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}",
+        "experiments": {
+            p: {
+                "a_wall_s": reference[p]["wall_s"],
+                "a_fit_s": reference[p]["fit_seconds"],
+                "b_job_wall_s": jobs[p]["wall_s"],
+                "b_train_s": jobs[p]["train_s"],
+                "c_train_s": floor[p]["train_s"],
+                "a_over_b_job": reference[p]["wall_s"] / jobs[p]["wall_s"],
+                "b_train_over_c": jobs[p]["train_s"] / floor[p]["train_s"],
+            }
+            for p in presets
+        },
+        "a_total_s": a_total,
+        "b_total_s": tracked.seconds,
+        "b_without_tracking_s": untracked.seconds,
+        "a_over_b": a_total / tracked.seconds,
+        "tracking_overhead_percent": 100
+        * (tracked.seconds - untracked.seconds)
+        / untracked.seconds,
+        "peak_rss_gb": {
+            "a_process": max(r["peak_rss_gb"] for r in reference.values()),
+            "b_parent": tracked.root_peak_gb,
+            "b_worker": tracked.worker_peak_gb,
+        },
+        "scaling": {
+            **scaling,
+            "r2_by_n_samples": linearity(scaling["seconds_by_n_samples"]),
+            "r2_by_epochs": linearity(scaling["seconds_by_epochs"]),
+        },
+        "jobs_per_minute_by_workers": jobs_per_minute,
+        "single_run": {
+            **single,
+            "tracking_overhead_percent": 100 * (single["tracked_s"] / single["untracked_s"] - 1),
+        },
+        "cli_seconds": latency,
+        "spread_check": spread_check(spreads, jobs),
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    report(result)
+    draw(result, args.figure)
+
+
+def report(r: dict) -> None:
+    print(
+        f"\n{'experiment':24s} {'A proc':>7s} {'B job':>7s} {'A/B':>5s} "
+        f"{'B train':>8s} {'C':>6s} {'B/C':>5s}  B test loss vs A (mean ± sd)"
+    )
+    for preset, e in r["experiments"].items():
+        check = r["spread_check"][preset]
+        print(
+            f"{preset:24s} {e['a_wall_s']:6.1f}s {e['b_job_wall_s']:6.2f}s "
+            f"{e['a_over_b_job']:5.1f} {e['b_train_s']:7.2f}s {e['c_train_s']:5.2f}s "
+            f"{e['b_train_over_c']:5.1f}  {check['b']:.4f} vs {check['a_mean']:.4f} ± "
+            f"{check['a_sd']:.4f} {'ok' if check['within'] else 'OUTSIDE'}"
+        )
+    rss = r["peak_rss_gb"]
+    print(
+        f"\ntotal: A {r['a_total_s']:.1f} s, B {r['b_total_s']:.1f} s  ->  "
+        f"A/B = {r['a_over_b']:.1f}\n"
+        f"B without tracking {r['b_without_tracking_s']:.1f} s: tracking overhead "
+        f"{r['tracking_overhead_percent']:.1f} %\n"
+        f"peak RSS: A process {rss['a_process']:.2f} GB, B parent {rss['b_parent']:.2f} GB, "
+        f"B worker {rss['b_worker']:.2f} GB\n"
+        f"scaling R²: n_samples {r['scaling']['r2_by_n_samples']:.3f}, "
+        f"epochs {r['scaling']['r2_by_epochs']:.3f}; sweep throughput "
+        + ", ".join(
+            f"{n} worker(s) {v:.1f} jobs/min" for n, v in r["jobs_per_minute_by_workers"].items()
+        )
+        + f"\none run (separable_hinge): {r['single_run']['tracked_s']:.1f} s tracked, "
+        f"{r['single_run']['untracked_s']:.1f} s untracked "
+        f"({r['single_run']['tracking_overhead_percent']:.1f} %)"
+        + "\nCLI: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in r["cli_seconds"].items())
+    )
+
+
+def draw(r: dict, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    presets = list(r["experiments"])
+    figure, (per_run, total, scale) = plt.subplots(
+        1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [3, 1, 1.6]}, layout="constrained"
+    )
+    position = np.arange(len(presets))
+    for offset, key, label in (
+        (-0.27, "a_wall_s", "A: tutorial script (process)"),
+        (0.0, "b_job_wall_s", "B: losslab job (tracked, plotted)"),
+        (0.27, "c_train_s", "C: compiled floor (training only)"),
+    ):
+        per_run.bar(
+            position + offset, [r["experiments"][p][key] for p in presets], 0.27, label=label
+        )
+    per_run.set_yscale("log")
+    per_run.set_xticks(position, presets, rotation=40, ha="right")
+    per_run.set(ylabel="seconds (log)", title="per experiment")
+    per_run.legend(fontsize=8)
+    bars = {
+        "A": r["a_total_s"],
+        "B": r["b_total_s"],
+        "B, no\ntracking": r["b_without_tracking_s"],
+    }
+    total.bar(list(bars), list(bars.values()), color=["C0", "C1", "C2"])
+    for i, value in enumerate(bars.values()):
+        total.text(i, value, f"{value:.0f} s", ha="center", va="bottom")
+    total.set(title=f"whole study: A/B = {r['a_over_b']:.1f}", ylabel="seconds")
+    by_n = r["scaling"]["seconds_by_n_samples"]
+    scale.loglog(
+        [float(k) for k in by_n], list(by_n.values()), "o-", label="2 epochs, by n_samples"
+    )
+    scale.set(xlabel="n_samples", ylabel="training seconds", title="scaling (reg_mse)")
+    scale.legend(fontsize=8)
+    figure.suptitle(f"losslab speed, {r['machine']}, {r['date']}")
+    figure.savefig(target, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
