@@ -232,6 +232,24 @@ def test_cli_help_does_not_import_tensorflow(tmp_path, tracking_uri):
     assert heavy == []
 
 
+@pytest.mark.parametrize("overrides", [[], ["experiment=reg_mse", "optimizer=adam"]])
+def test_quick_help_is_hydras_help_page(tmp_path, tracking_uri, overrides):
+    """``losslab --help`` skips Hydra's slow group listing; the page must stay Hydra's own."""
+    hydras = subprocess.run(
+        [sys.executable, "-c", "from losslab.app import hydra_app; hydra_app()", *overrides]
+        + ["--help"],
+        cwd=tmp_path,
+        env=run_env(tracking_uri),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    ours = _losslab([*overrides, "--help"], tmp_path, tracking_uri)
+    assert ours.returncode == hydras.returncode == 0, ours.stderr + hydras.stderr
+    assert "== Configuration groups ==" in ours.stdout
+    assert ours.stdout == hydras.stdout
+
+
 def test_importing_the_app_does_not_import_tensorflow(tmp_path, tracking_uri):
     code = "import losslab.app, sys; assert 'tensorflow' not in sys.modules, 'tensorflow loaded'"
     result = subprocess.run(

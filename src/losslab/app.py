@@ -6,15 +6,21 @@ A thin ``@hydra.main`` over :func:`run`, which tests and other entry points call
 from __future__ import annotations
 
 import os
+import string
+import sys
+import warnings
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from losslab.cli import JobFailed, reported_errors
 from losslab.config import validate
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+# conf/hydra/launcher/ray.yaml replaces hydra-ray-launcher's config of that name on purpose
+warnings.filterwarnings("ignore", r"\s*'hydra/launcher/ray' is validated against ConfigStore")
 
 
 def run(
@@ -51,8 +57,38 @@ def objective(results: dict[str, dict[str, float]], metric: str) -> float:
     return results[split][name]
 
 
+def help_text(overrides: list[str]) -> str:
+    """Hydra's ``--help`` page (its template, the groups, the composed config) built without
+    Hydra's group listing, which copies its whole config repository once per config group:
+    about a second with the launcher and sweeper plugins installed. The groups are the folders
+    of ``conf/``, exactly what Hydra lists for an app whose configs are all files."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    groups = "".join(
+        f"{folder.name}: {', '.join(sorted(p.stem for p in folder.glob('*.yaml')))}\n"
+        for folder in sorted(CONF_DIR.iterdir())
+        if folder.is_dir() and folder.name != "hydra"
+    )
+    config = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    return string.Template(cfg.hydra.help.template).safe_substitute(
+        APP_CONFIG_GROUPS=groups, CONFIG=config
+    )
+
+
+def main() -> float | None:
+    """The ``losslab`` command: ``--help`` answers at once, everything else is the Hydra app."""
+    arguments = sys.argv[1:]
+    if {"-h", "--help"} & set(arguments):
+        with reported_errors("losslab"):
+            print(help_text([a for a in arguments if a not in ("-h", "--help")]))
+        return None
+    return hydra_app()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_app(cfg: DictConfig) -> float | None:
     """In a multirun, each job is a child of the sweep's parent run and trains without a
     progress bar (the sweep prints jobs done and time left); a failing job fails alone."""
     from hydra.core.hydra_config import HydraConfig

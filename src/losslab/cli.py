@@ -15,6 +15,11 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (see losslab.tracking) so a run ends KILLED and the
+    command exits as on Ctrl-C."""
+
+
 class JobFailed(CompactHydraException):
     """A sweep job's user error: Hydra marks that job failed, runs the others, and at the end
     reports the message without a traceback (it prints compact exceptions as one line)."""
@@ -35,8 +40,6 @@ def reported_errors(program: str, raise_instead: type[Exception] | None = None) 
     With ``raise_instead``, a user error is re-raised as that exception (with the same one-line
     message) instead of exiting, so a caller such as a sweep can go on.
     """
-    from losslab.tracking import Terminated
-
     try:
         yield
     except (KeyboardInterrupt, Terminated) as stop:

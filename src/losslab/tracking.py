@@ -38,15 +38,12 @@ from mlflow.utils.validation import (
 )
 from omegaconf import DictConfig
 
+from losslab.cli import Terminated
 from losslab.config import ConfigError, as_plain
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRUNCATED = "...[truncated]"
 _VERSIONED = ("tensorflow-cpu", "keras", "mlflow", "hydra-core", "dvc", "numpy", "scikit-learn")
-
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so the run ends KILLED, like Ctrl-C."""
 
 
 def tracking_uri(cfg: DictConfig) -> str:
