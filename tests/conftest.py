@@ -129,18 +129,27 @@ def mlflow_server(root: Path) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 storing under ``root``; yields its URL and stops it
     (with its workers) on the way out."""
     port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server"]
+    command += ["--backend-store-uri", f"sqlite:///{root / 'srv.db'}"]
+    command += ["--default-artifact-root", str(root / "art"), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1"]
+    with serving(command, f"http://127.0.0.1:{port}", root) as url:
+        yield url
+
+
+@contextmanager
+def serving(command: list[str], url: str, root: Path, env: dict | None = None) -> Iterator[str]:
+    """Run ``command`` (a server, started in ``root``) until it answers ``url``/health; yield the
+    URL and stop it with everything it started (its process group) on the way out."""
     log = (root / "server.log").open("w")
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server"]
-        + ["--backend-store-uri", f"sqlite:///{root / 'srv.db'}"]
-        + ["--default-artifact-root", str(root / "art"), "--host", "127.0.0.1"]
-        + ["--port", str(port), "--workers", "1"],
+        command,
         cwd=root,
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its workers share its process group, ended together below
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:

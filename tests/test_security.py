@@ -59,10 +59,15 @@ def markdown_commands(text: str) -> list[str]:
 
 
 def makefile_recipes(text: str) -> dict[str, list[str]]:
+    """Each target's commands, continued lines joined and the Makefile's own variables
+    (``VAR ?= default``) replaced by their defaults."""
+    text = text.replace("\\\n", " ")
+    defaults = dict(re.findall(r"^(?:export )?(\w+) *[?:]?= *(.*)$", text, re.MULTILINE))
     recipes: dict[str, list[str]] = {}
     target = None
     for line in text.splitlines():
         if line.startswith("\t") and target:
+            line = re.sub(r"\$\((\w+)\)", lambda m: defaults.get(m[1], m[0]), line)
             recipes[target].append(line.strip())
         elif re.match(r"^[\w.-]+:", line) and not line.startswith("."):
             target = line.split(":", 1)[0]

@@ -1,0 +1,1 @@
+"""losslab's ``hydra/launcher=ray``: Hydra takes launchers from the ``hydra_plugins`` namespace."""
