@@ -252,7 +252,9 @@ def test_logged_model_predicts_like_the_saved_model(app_run):
     assert info.signature is not None
     assert info.saved_input_example_info is not None
     assert info.run_id == app_run.run.info.run_id
-    assert MlflowClient(app_run.uri).get_logged_model(uri.split("/")[-1]).status == "READY"
+    logged = MlflowClient(app_run.uri).get_logged_model(uri.split("/")[-1])
+    assert logged.status == "READY"
+    assert logged.experiment_id == app_run.run.info.experiment_id  # not the Default experiment
 
 
 CHILD_PREDICT = textwrap.dedent(

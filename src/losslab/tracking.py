@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
     MAX_ENTITY_KEY_LENGTH,
@@ -268,6 +269,9 @@ def run(
     if run_id is None and os.environ.get("MLFLOW_RUN_ID"):  # started by `mlflow run`
         run_id, entry_point = os.environ["MLFLOW_RUN_ID"], "mlflow-run"
     experiment_id = prepare(cfg)
+    # the process's experiment too: the model is logged from the background thread, which has
+    # no active run to take it from and would otherwise file the model under experiment 0
+    mlflow.set_experiment(experiment_id=experiment_id)
     tags = {**run_tags(cfg, entry_point, list(overrides)), **(extra_tags or {})} if describe else {}
     with _sigterm_as_exception():
         active = mlflow.start_run(
@@ -391,7 +395,16 @@ def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> N
             digest=meta["sha256"][:32],
         )
     tags = {"losslab.data_hash": meta["sha256"], "losslab.classes": json.dumps(meta.get("classes"))}
-    mlflow.log_input(dataset, context="training", tags=tags)
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context="training", tags=tags)
+            break
+        except MlflowException:
+            # Jobs registering the same new dataset at once: MLflow's store inserts it without a
+            # lock and one insert fails on its unique key. It exists now; linking it succeeds.
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
     run_id = mlflow.active_run().info.run_id  # and as a searchable tag: tags.`losslab.data_hash`
     _log_batch_in_background(run_id, tags=[RunTag("losslab.data_hash", meta["sha256"])])
 
