@@ -269,9 +269,6 @@ def run(
     if run_id is None and os.environ.get("MLFLOW_RUN_ID"):  # started by `mlflow run`
         run_id, entry_point = os.environ["MLFLOW_RUN_ID"], "mlflow-run"
     experiment_id = prepare(cfg)
-    # the process's experiment too: the model is logged from the background thread, which has
-    # no active run to take it from and would otherwise file the model under experiment 0
-    mlflow.set_experiment(experiment_id=experiment_id)
     tags = {**run_tags(cfg, entry_point, list(overrides)), **(extra_tags or {})} if describe else {}
     with _sigterm_as_exception():
         active = mlflow.start_run(
@@ -440,11 +437,18 @@ def log_model(model: Any, example: Any) -> None:
     model.set_weights(trained.get_weights())
     example = example[:5]
     signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
+    # created here, where the run is active: the background thread has no active run and would
+    # file the model under the Default experiment
+    run = mlflow.active_run()
+    logged = mlflow.initialize_logged_model(
+        name="model", source_run_id=run.info.run_id, experiment_id=run.info.experiment_id
+    )
     requirements = [f"{p}=={metadata.version(p)}" for p in ("keras", "tensorflow-cpu", "numpy")]
     log = functools.partial(
         Model.log,
         artifact_path=None,
-        run_id=mlflow.active_run().info.run_id,
+        run_id=run.info.run_id,
+        model_id=logged.model_id,
         name="model",
         flavor=_KerasSaver,
         flavor_name="mlflow.keras",
