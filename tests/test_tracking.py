@@ -351,6 +351,7 @@ def test_config_params_with_long_keys_can_be_logged(tracking_uri, tiny_cfg):
     assert any(len(key) == 250 for key in params)
     with tracking.run(cfg, "cli") as active:  # the run itself logs fine
         run_id = active.info.run_id
+        tracking.wait_for_background()  # the run's own params first: the same keys, raced
         MlflowClient().log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     assert MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.params == params
 
