@@ -45,6 +45,14 @@ def output(done: subprocess.CompletedProcess) -> str:
     return f"exit {done.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
 
 
+def assert_one_error_line(done: subprocess.CompletedProcess, expected: str) -> None:
+    """A refused sweep: a non-zero exit, exactly ``expected`` as losslab's error, no traceback."""
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("losslab: error:")]
+    assert errors == [expected], output(done)
+    assert "Traceback" not in done.stderr
+
+
 def losslab_sweep(cwd: Path, uri: str, *overrides: str, env: dict | None = None):
     return subprocess.run(
         [LOSSLAB, "-m", *overrides],
@@ -236,15 +244,13 @@ def test_unreachable_ray_address_is_one_clear_line(tmp_path: Path, tracking_uri:
         f"hydra.launcher.ray.init.address={address}",
         *TINY,
     )
-    assert done.returncode != 0
     assert time.monotonic() - started < 60  # Ray itself would wait for minutes
-    errors = [line for line in done.stderr.splitlines() if line.startswith("losslab: error:")]
-    assert errors == [
+    assert_one_error_line(
+        done,
         f"losslab: error: hydra.launcher.ray.init.address: no Ray cluster answers at {address} "
         "(Connection refused); start one with `ray start --head`, or leave the address out to "
-        "run on a local Ray"
-    ], output(done)
-    assert "Traceback" not in done.stderr
+        "run on a local Ray",
+    )
 
 
 def test_ray_cluster_that_refuses_the_client_is_one_clear_line(
@@ -259,14 +265,12 @@ def test_ray_cluster_that_refuses_the_client_is_one_clear_line(
         # two tries to connect rather than Ray's twenty, a second apart
         env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_gcs_server_port_wait_time_s": "2"},
     )
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("losslab: error:")]
-    assert errors == [
+    assert_one_error_line(
+        done,
         f"losslab: error: hydra.launcher.ray.init.address: the Ray cluster at {ray_cluster} did "
         "not accept this client; if it uses token authentication, set RAY_AUTH_MODE=token with "
-        "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
-    ], output(done)
-    assert "Traceback" not in done.stderr
+        "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN",
+    )
 
 
 def test_ray_launcher_without_ray_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
