@@ -8,10 +8,12 @@ One command, one machine, one invocation:
   (benchmarks/tutorial_style.py), one fresh process each, one after the other, no tracking;
   run --repeats times in all (the extra runs untimed) for the run-to-run spread of its results.
 - B, losslab: ``losslab -m study=seeds hydra.sweeper.params.seed=0`` (one repetition of the
-  study), MLflow tracking, plots and the study report included, into a fresh SQLite store.
+  study), MLflow tracking, plots and the study report included, into a SQLite store that exists
+  (as it does after ``make run``); once more into a fresh store, which adds creating its schema.
 - B without tracking: the same with ``tracking.enabled=false``.
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
-- One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking.
+- One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking;
+  and one longer run (reg_mse on 20 times the samples), where MLflow's fixed costs weigh less.
 - Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers, and how fast the CLI
   answers ``--help`` and a config error.
 
@@ -126,8 +128,15 @@ def run_reference(
         return dict(pool.map(one, configs))
 
 
-def run_study(folder: Path, name: str, *extra: str) -> tuple[Measured, str]:
+def existing_store(folder: Path, name: str) -> str:
+    """The URI of a SQLite store created beforehand, as ``make run`` leaves one."""
     uri = f"sqlite:///{folder / name}.db"
+    MlflowClient(uri).search_experiments()
+    return uri
+
+
+def run_study(folder: Path, name: str, *extra: str, fresh: bool = False) -> tuple[Measured, str]:
+    uri = f"sqlite:///{folder / name}.db" if fresh else existing_store(folder, name)
     sweep_dir = f"hydra.sweep.dir={folder / name}"
     measured = Measured(
         [str(BIN / "losslab"), *STUDY, sweep_dir, *extra], {"MLFLOW_TRACKING_URI": uri}
@@ -171,24 +180,24 @@ def throughput(folder: Path, workers: int, jobs: int = 8) -> float:
     return 60 * jobs / measured.seconds
 
 
-def single_run(folder: Path) -> dict[str, float]:
-    """Wall time of one ``losslab experiment=separable_hinge`` process, tracked and not, on a
-    store that already exists (as it does after the first run)."""
-    uri = f"sqlite:///{folder / 'single'}.db"
-    MlflowClient(uri).search_experiments()
+def single_run(folder: Path, name: str, *overrides: str) -> dict[str, float]:
+    """Wall time of one ``losslab`` process, tracked and not, on a store that already exists
+    (as it does after the first run)."""
+    uri = existing_store(folder, name)
     seconds = {}
     for tracked in ("true", "false"):
         measured = Measured(
             [
                 str(BIN / "losslab"),
-                "experiment=separable_hinge",
+                *overrides,
                 "trainer.verbose=0",
                 f"tracking.enabled={tracked}",
-                f"hydra.run.dir={folder / f'single-{tracked}'}",
+                f"hydra.run.dir={folder / f'{name}-{tracked}'}",
             ],
             {"MLFLOW_TRACKING_URI": uri},
         )
         seconds["tracked_s" if tracked == "true" else "untracked_s"] = measured.seconds
+    seconds["tracking_overhead_percent"] = 100 * (seconds["tracked_s"] / seconds["untracked_s"] - 1)
     return seconds
 
 
@@ -242,6 +251,7 @@ def main() -> None:
         print("B, losslab study:", flush=True)
         tracked, uri = run_study(folder, "B-losslab")
         untracked, _ = run_study(folder, "B-without-tracking", "tracking.enabled=false")
+        fresh, _ = run_study(folder, "B-fresh-store", fresh=True)
         jobs = study_runs(uri)
         print("C, compiled floor; scaling; throughput; CLI:", flush=True)
         floor_out = folder / "floor.json"
@@ -251,7 +261,8 @@ def main() -> None:
         Measured([sys.executable, str(HERE / "scaling.py"), scaling_out])
         scaling = json.loads(scaling_out.read_text())
         jobs_per_minute = {n: throughput(folder, n) for n in (1, 2)}
-        single = single_run(folder)
+        single = single_run(folder, "single", "experiment=separable_hinge")
+        long_run = single_run(folder, "long", "experiment=reg_mse", "dataset.n_samples=20000")
         latency = cli_latency()
         print(f"A {args.repeats - 1} more times, for the spread:", flush=True)
         spreads = {p: [reference[p]] for p in presets}
@@ -279,6 +290,7 @@ def main() -> None:
         "a_total_s": a_total,
         "b_total_s": tracked.seconds,
         "b_without_tracking_s": untracked.seconds,
+        "b_fresh_store_s": fresh.seconds,
         "a_over_b": a_total / tracked.seconds,
         "tracking_overhead_percent": 100
         * (tracked.seconds - untracked.seconds)
@@ -294,10 +306,8 @@ def main() -> None:
             "r2_by_epochs": linearity(scaling["seconds_by_epochs"]),
         },
         "jobs_per_minute_by_workers": jobs_per_minute,
-        "single_run": {
-            **single,
-            "tracking_overhead_percent": 100 * (single["tracked_s"] / single["untracked_s"] - 1),
-        },
+        "single_run": single,
+        "long_run": long_run,
         "cli_seconds": latency,
         "spread_check": spread_check(spreads, jobs),
     }
@@ -324,7 +334,8 @@ def report(r: dict) -> None:
         f"\ntotal: A {r['a_total_s']:.1f} s, B {r['b_total_s']:.1f} s  ->  "
         f"A/B = {r['a_over_b']:.1f}\n"
         f"B without tracking {r['b_without_tracking_s']:.1f} s: tracking overhead "
-        f"{r['tracking_overhead_percent']:.1f} %\n"
+        f"{r['tracking_overhead_percent']:.1f} %; B into a fresh store "
+        f"{r['b_fresh_store_s']:.1f} s\n"
         f"peak RSS: A process {rss['a_process']:.2f} GB, B parent {rss['b_parent']:.2f} GB, "
         f"B worker {rss['b_worker']:.2f} GB\n"
         f"scaling R²: n_samples {r['scaling']['r2_by_n_samples']:.3f}, "
@@ -332,9 +343,14 @@ def report(r: dict) -> None:
         + ", ".join(
             f"{n} worker(s) {v:.1f} jobs/min" for n, v in r["jobs_per_minute_by_workers"].items()
         )
-        + f"\none run (separable_hinge): {r['single_run']['tracked_s']:.1f} s tracked, "
-        f"{r['single_run']['untracked_s']:.1f} s untracked "
-        f"({r['single_run']['tracking_overhead_percent']:.1f} %)"
+        + "".join(
+            f"\n{label}: {r[key]['tracked_s']:.1f} s tracked, {r[key]['untracked_s']:.1f} s "
+            f"untracked ({r[key]['tracking_overhead_percent']:.1f} %)"
+            for key, label in (
+                ("single_run", "one run (separable_hinge)"),
+                ("long_run", "one longer run (reg_mse, 20 000 samples)"),
+            )
+        )
         + "\nCLI: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in r["cli_seconds"].items())
     )

@@ -225,6 +225,11 @@ def test_joblib_sweep_on_fresh_store(tmp_path: Path) -> None:
     warm = re.search(r"losslab: worker processes ([\d, ]+) ready", sweep.done.stderr)
     assert warm, text
     assert {c.data.tags["losslab.pid"] for c in children} <= set(warm.group(1).split(", "))
+    # the workers drew the report and ended the parent run, into the sweep dir and the parent
+    logged = {a.path for a in MlflowClient(sweep.uri).list_artifacts(parent.info.run_id, "report")}
+    for name in REPORT_FILES + ("curves_regression.png",):
+        assert (sweep.sweep_dir / "report" / name).is_file(), name
+        assert f"report/{name}" in logged, logged
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +334,26 @@ def configurations(store: Store, parent: str) -> list:
     from losslab import report
 
     return report.group(report.child_runs(store.client, parent))
+
+
+def test_report_figures_drawn_in_shares_are_the_whole_report(store: Store, tmp_path: Path) -> None:
+    from losslab import report
+
+    found = configurations(store, store.circles_parent)
+    found += configurations(store, store.regression_parent)
+    whole = report.draw(store.client, found, tmp_path / "whole")
+    shares = [
+        report.draw(store.client, found, tmp_path / "shared", slice(i, None, 2)) for i in (0, 1)
+    ]
+    assert [len(share) for share in shares] == [2, 1]
+    assert sorted(p.name for share in shares for p in share) == sorted(p.name for p in whole)
+    assert sorted(p.name for p in whole) == [
+        f"curves_{CIRCLES}.png",
+        "curves_regression.png",
+        "test_metric.png",
+    ]
+    for path in whole:
+        assert_png(tmp_path / "shared" / path.name, 1000)
 
 
 def test_group_forms_one_configuration_per_params_less_seed(store: Store) -> None:

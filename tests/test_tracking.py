@@ -589,6 +589,41 @@ def test_concurrent_jobs_on_a_fresh_store(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+SMALL_UNTRACKED = [
+    "experiment=reg_mse",
+    "tracking.enabled=false",
+    "trainer.epochs=3",
+    "trainer.verbose=0",
+    "dataset.n_samples=200",
+    "dataset.n_test=100",
+]
+
+
+def test_untracked_run_never_imports_mlflow(tmp_path):
+    """MLflow costs 1 to 2 s to import: a run with tracking off must not pay for it."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from hydra import compose, initialize_config_dir
+        from losslab.app import CONF_DIR, run
+
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides={SMALL_UNTRACKED!r})
+        run(cfg, {str(tmp_path)!r})
+        print(sorted(name for name in sys.modules if name.split(".")[0] == "mlflow"))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"]["loss"] >= 0
+
+
 def test_default_store_is_mlflow_db_at_the_repo_root(compose_raw, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = validate(compose_raw())

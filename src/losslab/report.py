@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import math
 from dataclasses import dataclass, field
@@ -184,38 +185,48 @@ def _histories(client: Any, configuration: Configuration, name: str) -> np.ndarr
     return np.array([c[:length] for c in curves], dtype=float)
 
 
-def draw(client: Any, configurations: list[Configuration], out_dir: Path) -> list[Path]:
-    """Validation curves per dataset (mean ± std band) and the final test metric with errors."""
-    import matplotlib
+def draw(
+    client: Any, configurations: list[Configuration], out_dir: Path, share: slice = slice(None)
+) -> list[Path]:
+    """Validation curves per dataset (mean ± std band) and the final test metric with errors.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from losslab.plots import save_figure, spans_decades
-
-    drawn = []
+    ``share`` draws only that slice of the figures, so that several processes can draw one
+    report together (a sweep's workers do, ``slice(i, None, n_workers)`` each).
+    """
     datasets = sorted({c.dataset for c in configurations})
-    for dataset in datasets:
-        found = [c for c in configurations if c.dataset == dataset]
-        names = ["val_loss", f"val_{found[0].metric}"]
-        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for axis, name in zip(axes, names, strict=True):
-            everything = []
-            for c in found:
-                curves = _histories(client, c, name)
-                if curves is None:
-                    continue
-                mean, std = curves.mean(axis=0), curves.std(axis=0)
-                epochs = np.arange(1, len(mean) + 1)
-                axis.plot(epochs, mean, label=f"{c.label} (n={len(curves)})")
-                axis.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-                everything.append(curves.ravel())
-            if everything and spans_decades(np.concatenate(everything)):
-                axis.set_yscale("log")
-            axis.set(xlabel="epoch", ylabel=name, title=f"{dataset}: {name}")
-            axis.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
-        drawn.append(save_figure(figure, out_dir / f"curves_{dataset}.png"))
+    figures = [functools.partial(_curves, client, configurations, d, out_dir) for d in datasets]
+    figures.append(functools.partial(_test_metric, configurations, datasets, out_dir))
+    return [draw_figure() for draw_figure in figures[share]]
+
+
+def _curves(client: Any, configurations: list[Configuration], dataset: str, out_dir: Path) -> Path:
+    from losslab.plots import plt, save_figure, spans_decades
+
+    found = [c for c in configurations if c.dataset == dataset]
+    names = ["val_loss", f"val_{found[0].metric}"]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, name in zip(axes, names, strict=True):
+        everything = []
+        for c in found:
+            curves = _histories(client, c, name)
+            if curves is None:
+                continue
+            mean, std = curves.mean(axis=0), curves.std(axis=0)
+            epochs = np.arange(1, len(mean) + 1)
+            axis.plot(epochs, mean, label=f"{c.label} (n={len(curves)})")
+            axis.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+            everything.append(curves.ravel())
+        if everything and spans_decades(np.concatenate(everything)):
+            axis.set_yscale("log")
+        axis.set(xlabel="epoch", ylabel=name, title=f"{dataset}: {name}")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return save_figure(figure, out_dir / f"curves_{dataset}.png")
+
+
+def _test_metric(configurations: list[Configuration], datasets: list[str], out_dir: Path) -> Path:
+    from losslab.plots import plt, save_figure
+
     figure, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 4), squeeze=False)
     for axis, dataset in zip(axes[0], datasets, strict=True):
         found = [c for c in configurations if c.dataset == dataset and c.values.size]
@@ -225,12 +236,18 @@ def draw(client: Any, configurations: list[Configuration], out_dir: Path) -> lis
         axis.set_xticks(range(len(found)), [c.label for c in found], rotation=30, ha="right")
         axis.set(title=dataset, ylabel=f"test {found[0].metric}" if found else "")
         axis.grid(axis="y", alpha=0.3)
-    drawn.append(save_figure(figure, out_dir / "test_metric.png"))
-    return drawn
+    return save_figure(figure, out_dir / "test_metric.png")
 
 
-def publish(client: Any, runs: list[Any], out_dir: Path, parent_run_id: str | None = None) -> str:
-    """Write the table (Markdown, CSV), sentences and figures; log them to the parent run."""
+def publish(
+    client: Any,
+    runs: list[Any],
+    out_dir: Path,
+    parent_run_id: str | None = None,
+    drawn: bool = False,
+) -> str:
+    """Write the table (Markdown, CSV), sentences and figures (unless already ``drawn`` into
+    ``out_dir``); log them to the parent run."""
     from losslab.storage import write_text
 
     configurations = group(runs)
@@ -244,7 +261,7 @@ def publish(client: Any, runs: list[Any], out_dir: Path, parent_run_id: str | No
     write_text(out_dir / "report.csv", buffer.getvalue())
     summary = text + "\n" + "".join(f"- {s}\n" for s in sentences)
     write_text(out_dir / "report.md", summary)
-    if configurations:
+    if configurations and not drawn:
         draw(client, configurations, out_dir)
     if parent_run_id:
         client.log_artifacts(parent_run_id, str(out_dir), "report")

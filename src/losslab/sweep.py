@@ -5,6 +5,10 @@ starts (parallel jobs opening a fresh SQLite store race its schema migration oth
 Each job learns the parent's id and store in ``on_job_start`` (which runs in the job's own
 process, for the joblib and Ray launchers too), reports progress in ``on_job_end``, and
 ``on_multirun_end`` ends the parent with the sweep's outcome and writes the report into it.
+
+With the joblib launcher the parent run is created and ended in the worker processes, which
+import MLflow and open the store for their jobs anyway: the sweep's own process then never
+imports MLflow or Matplotlib (about 3 s of CPU on machines where the workers use every core).
 """
 
 from __future__ import annotations
@@ -54,36 +58,128 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60:d}:{minutes % 60:02d}:{seconds:02d}"
 
 
-def _import_what_jobs_use(tracked: bool) -> int:
+def start_parent_run(store: DictConfig, name: str, tags: dict[str, str]) -> str:
+    """Create the store and experiment if need be, and the sweep's parent run; its id."""
+    from mlflow.tracking import MlflowClient
+
+    from losslab import tracking
+
+    experiment_id = tracking.prepare(store)
+    uri = tracking.client_uri(tracking.tracking_uri(store))
+    return MlflowClient(uri).create_run(experiment_id, tags=tags, run_name=name).info.run_id
+
+
+def _warm_up(store: DictConfig | None, parent: dict | None) -> tuple[int, str | None]:
+    """In a worker: import what jobs use and, for a tracked sweep, open the store (one worker
+    creates the parent run, the others wait for the store under its lock)."""
     import sklearn.datasets  # noqa: F401  (the generators)
 
     import losslab.plots  # noqa: F401  (Matplotlib)
     import losslab.training  # noqa: F401  (TensorFlow and Keras)
 
-    if tracked:
-        import mlflow.keras  # noqa: F401
+    if store is None:
+        return os.getpid(), None
+    import mlflow.keras  # noqa: F401
 
-        import losslab.tracking  # noqa: F401
-    return os.getpid()
+    from losslab import tracking
+
+    if parent is not None:
+        return os.getpid(), start_parent_run(store, **parent)
+    tracking.prepare(store)
+    return os.getpid(), None
 
 
-def _warm_up_workers(launcher: DictConfig, tracked: bool) -> Future | None:
-    """For the joblib launcher, start its worker processes now and have each import TensorFlow
-    (and MLflow) while this process prepares the sweep (about 6 s that would otherwise delay
-    the first jobs); the launcher's ``Parallel`` with the same settings reuses the workers.
-    The future gives the workers' process ids."""
-    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+def draw_report_share(uri: str, parent: str, sweep_dir: Path, share: int, shares: int) -> None:
+    """Draw every ``shares``-th figure of the sweep's report, from the ``share``-th on."""
+    from mlflow.tracking import MlflowClient
+
+    from losslab import report
+
+    client = MlflowClient(uri)
+    configurations = report.group(report.child_runs(client, parent))
+    report.draw(client, configurations, sweep_dir / "report", slice(share, None, shares))
+
+
+def end_parent_run(
+    uri: str,
+    parent: str,
+    total: int | None,
+    sweep_dir: Path,
+    interrupted: bool,
+    drawn: bool = False,
+) -> None:
+    """End the parent run: FINISHED when every job finished, else FAILED (jobs failed) or
+    KILLED (the sweep was stopped); publish the report of the children either way (its
+    figures already ``drawn`` by :func:`draw_report_share`, or drawn here)."""
+    from mlflow.tracking import MlflowClient
+
+    from losslab import report
+
+    client = MlflowClient(uri)
+    children = report.child_runs(client, parent)
+    finished = sum(run.info.status == "FINISHED" for run in children)
+    outcomes = [p.suffix for p in (sweep_dir / _PROGRESS).iterdir()]
+    accounted, failed = len(outcomes), outcomes.count(".failed")
+    client.set_tag(parent, "losslab.children_finished", f"{finished}/{total or accounted}")
+    if finished:
+        report.publish(client, children, sweep_dir / "report", parent_run_id=parent, drawn=drawn)
+    best = _best_trial(sweep_dir)
+    if best:
+        client.set_tag(parent, "losslab.best_trial", best)
+    if not interrupted and not failed and finished == (total or len(children)):
+        status = "FINISHED"
+    elif total is None or accounted >= total:
+        status = "FAILED"
+        client.set_tag(parent, "losslab.error", f"{failed} of {accounted} job(s) failed")
+    else:
+        status = "KILLED"
+        client.set_tag(parent, "losslab.error", f"stopped after {accounted} of {total} jobs")
+    client.set_terminated(parent, status)
+
+
+def _best_trial(sweep_dir: Path) -> str | None:
+    """Optuna's best parameters and value, as the optuna sweeper wrote them."""
+    results = sweep_dir / "optimization_results.yaml"
+    if not results.is_file():
         return None
-    from joblib import Parallel, delayed, effective_n_jobs
+    best = OmegaConf.load(results)
+    params = " ".join(f"{k}={v}" for k, v in best.best_params.items())
+    return f"{params} → {best.best_value}"
 
-    settings = {k: v for k, v in OmegaConf.to_container(launcher).items() if k != "_target_"}
-    settings["backend"] = "loky"  # as the launcher sets it
-    workers = effective_n_jobs(settings["n_jobs"])
-    jobs = (delayed(_import_what_jobs_use)(tracked) for _ in range(workers))
-    pool = ThreadPoolExecutor(1)
-    warming = pool.submit(lambda: sorted(set(Parallel(**settings)(jobs))))
-    pool.shutdown(wait=False)
-    return warming
+
+class _Workers:
+    """The joblib launcher's worker processes: ``Parallel`` with the launcher's settings
+    reuses the same loky workers, before, during and after the launch."""
+
+    def __init__(self, launcher: DictConfig) -> None:
+        from joblib import effective_n_jobs
+
+        settings = {k: v for k, v in OmegaConf.to_container(launcher).items() if k != "_target_"}
+        self.settings = {**settings, "backend": "loky"}  # as the launcher sets it
+        self.count = effective_n_jobs(settings["n_jobs"])
+
+    @staticmethod
+    def of(launcher: DictConfig) -> _Workers | None:
+        if str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+            return _Workers(launcher)
+        return None
+
+    def run(self, calls: list) -> list:
+        from joblib import Parallel
+
+        return Parallel(**self.settings)(calls)
+
+    def warm_up(self, store: DictConfig | None, parent: dict | None) -> Future:
+        """Start the workers now and have each import TensorFlow (and MLflow) while this
+        process prepares the sweep: about 6 s that would otherwise delay the first jobs. The
+        future gives the workers' process ids and the parent run's id."""
+        from joblib import delayed
+
+        calls = [delayed(_warm_up)(store, parent if i == 0 else None) for i in range(self.count)]
+        pool = ThreadPoolExecutor(1)
+        warming = pool.submit(self.run, calls)
+        pool.shutdown(wait=False)
+        return warming
 
 
 class SweepTracker(Callback):
@@ -95,32 +191,46 @@ class SweepTracker(Callback):
         self.total: int | None = None
         self.started = 0.0
         self.sweep_dir: Path | None = None
+        self.workers: _Workers | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracked = bool(config.tracking.enabled)
-        warming = _warm_up_workers(config.hydra.launcher, tracked)
+        from losslab import tracking
         from losslab.app import CONF_DIR
 
         hydra_cfg = config.hydra
         self.total = count_jobs(hydra_cfg, CONF_DIR)
         self.sweep_dir = Path(hydra_cfg.sweep.dir).absolute()  # Ray workers start elsewhere
         (self.sweep_dir / _PROGRESS).mkdir(parents=True, exist_ok=True)
+        store = None
+        if config.tracking.enabled:  # what tracking.prepare needs, for the workers
+            store = OmegaConf.create(
+                {"tracking": OmegaConf.to_container(config.tracking, resolve=True)}
+            )
+        parent = self._parent_run(config) if store is not None else None
+        self.workers = _Workers.of(hydra_cfg.launcher)
+        warming = self.workers.warm_up(store, parent) if self.workers else None
         self.started = time.time()
-        if tracked:
-            self._start_parent(config)
+        if store is not None:
+            self.tracking_uri = tracking.client_uri(tracking.tracking_uri(config))
+            if warming is None:
+                self.parent_run_id = start_parent_run(store, **parent)
         if warming is not None:
-            pids = ", ".join(map(str, warming.result()))
+            ready = warming.result()
+            self.parent_run_id = self.parent_run_id or ready[0][1]
+            pids = ", ".join(str(pid) for pid in sorted({pid for pid, _ in ready}))
             print(f"losslab: worker processes {pids} ready", file=sys.stderr, flush=True)
+        if self.parent_run_id:
+            atexit.register(self._end_if_interrupted)
+            print(
+                f"losslab: sweep of {self.total or '?'} jobs, "
+                f"MLflow parent run {self.parent_run_id}",
+                file=sys.stderr,
+            )
 
-    def _start_parent(self, config: DictConfig) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from losslab import tracking
-
+    def _parent_run(self, config: DictConfig) -> dict:
+        """The parent run's name and tags."""
         overrides = list(config.hydra.overrides.task)
         study = config.hydra.runtime.choices.get("study") or ""
-        experiment_id = tracking.prepare(config)
-        self.tracking_uri = tracking.client_uri(tracking.tracking_uri(config))
         name = f"sweep·{study or ' '.join(overrides)}"[:200]
         tags = {
             "losslab.sweep": "true",
@@ -131,13 +241,7 @@ class SweepTracker(Callback):
             "losslab.entry_point": "multirun",
             "mlflow.runName": name,
         }
-        run = MlflowClient(self.tracking_uri).create_run(experiment_id, tags=tags, run_name=name)
-        self.parent_run_id = run.info.run_id
-        atexit.register(self._end_if_interrupted)
-        print(
-            f"losslab: sweep of {self.total or '?'} jobs, MLflow parent run {self.parent_run_id}",
-            file=sys.stderr,
-        )
+        return {"name": name, "tags": tags}
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Point the job at the parent and its store: a Ray worker runs in the environment of
@@ -175,43 +279,23 @@ class SweepTracker(Callback):
         self._close(interrupted=True)
 
     def _close(self, interrupted: bool) -> None:
-        """End the parent run: FINISHED when every job finished, else FAILED (jobs failed) or
-        KILLED (the sweep was stopped); publish the report of the children either way."""
+        """End the parent run. After a joblib sweep that ran to its end, the workers (which
+        have MLflow and Matplotlib imported) draw the report's figures together, then one of
+        them ends the run; else this process does it all."""
         if self.parent_run_id is None:
             return
-        from mlflow.tracking import MlflowClient
-
-        from losslab import report
-
         parent, self.parent_run_id = self.parent_run_id, None
-        client = MlflowClient(self.tracking_uri)
-        children = report.child_runs(client, parent)
-        finished = sum(run.info.status == "FINISHED" for run in children)
-        outcomes = [p.suffix for p in (self.sweep_dir / _PROGRESS).iterdir()]
-        accounted, failed = len(outcomes), outcomes.count(".failed")
-        client.set_tag(parent, "losslab.children_finished", f"{finished}/{self.total or accounted}")
-        if finished:
-            report.publish(client, children, self.sweep_dir / "report", parent_run_id=parent)
-        best = self._best_trial()
-        if best:
-            client.set_tag(parent, "losslab.best_trial", best)
-        if not interrupted and not failed and finished == (self.total or len(children)):
-            status = "FINISHED"
-        elif self.total is None or accounted >= self.total:
-            status = "FAILED"
-            client.set_tag(parent, "losslab.error", f"{failed} of {accounted} job(s) failed")
-        else:
-            status = "KILLED"
-            client.set_tag(
-                parent, "losslab.error", f"stopped after {accounted} of {self.total} jobs"
-            )
-        client.set_terminated(parent, status)
+        arguments = (self.tracking_uri, parent, self.total, self.sweep_dir, interrupted)
+        if self.workers is None or interrupted:
+            end_parent_run(*arguments)
+            return
+        from joblib import delayed
 
-    def _best_trial(self) -> str | None:
-        """Optuna's best parameters and value, as the optuna sweeper wrote them."""
-        results = self.sweep_dir / "optimization_results.yaml"
-        if not results.is_file():
-            return None
-        best = OmegaConf.load(results)
-        params = " ".join(f"{k}={v}" for k, v in best.best_params.items())
-        return f"{params} → {best.best_value}"
+        shares = self.workers.count
+        self.workers.run(
+            [
+                delayed(draw_report_share)(self.tracking_uri, parent, self.sweep_dir, i, shares)
+                for i in range(shares)
+            ]
+        )
+        self.workers.run([delayed(end_parent_run)(*arguments, drawn=True)])

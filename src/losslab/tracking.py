@@ -3,6 +3,9 @@
 The embedded default is the SQLite store ``mlflow.db`` at the project root with artifacts in
 ``mlartifacts/`` beside it, both as absolute paths so Hydra run directories and DVC workspaces
 all write to one store. ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` point runs elsewhere.
+
+MLflow is imported only where a run is started or logged to: it costs 1 to 2 s per process, which
+an untracked run, a config error and a sweep's parent process do without.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,23 +28,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import (
-    MAX_ENTITY_KEY_LENGTH,
-    MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-)
 from omegaconf import DictConfig
 
 from losslab.cli import Terminated
 from losslab.config import ConfigError, as_plain
+
+if TYPE_CHECKING:
+    import mlflow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRUNCATED = "...[truncated]"
@@ -87,6 +84,8 @@ def prepare(cfg: DictConfig) -> str:
     minutes). For SQLite the store's schema migration and the experiment's creation happen
     under a file lock, so jobs starting together on a fresh store do not race each other.
     """
+    import mlflow
+
     uri = tracking_uri(cfg)
     if uri.startswith(("http://", "https://")):
         _check_reachable(uri)
@@ -116,11 +115,19 @@ def _check_reachable(uri: str) -> None:
 
 
 def _experiment_id(name: str, artifact_location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as error:  # a process starting at the same moment created it
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -140,6 +147,8 @@ def _fit(text: str, limit: int) -> str:
 def _fit_key(key: str) -> str:
     """A key within MLflow's length limit, in the characters MLflow allows; the hash of the
     full key keeps two long keys with the same beginning apart."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
     if len(key) <= MAX_ENTITY_KEY_LENGTH:
         return key
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
@@ -156,6 +165,8 @@ def public_config(cfg: DictConfig) -> dict[str, Any]:
 
 def config_params(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as MLflow params, truncated visibly to MLflow's limits."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
     params = {}
     for key, value in flatten(public_config(cfg)).items():
         text = json.dumps(value) if isinstance(value, list | dict) else str(value)
@@ -207,6 +218,9 @@ def run_tags(cfg: DictConfig, entry_point: str, overrides: list[str]) -> dict[st
 
 def _log_batch(run_id: str, **entities: list) -> None:
     """``log_batch`` within MLflow's per-call limits."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
     client, limits = MlflowClient(), {"metrics": MAX_METRICS_PER_BATCH}
     for kind, items in entities.items():
         size = limits.get(kind, MAX_PARAMS_TAGS_PER_BATCH)
@@ -266,6 +280,10 @@ def run(
         with _sigterm_as_exception():
             yield None
         return
+    import mlflow
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
     if run_id is None and os.environ.get("MLFLOW_RUN_ID"):  # started by `mlflow run`
         run_id, entry_point = os.environ["MLFLOW_RUN_ID"], "mlflow-run"
     experiment_id = prepare(cfg)
@@ -300,6 +318,9 @@ def run(
 
 def _end(status: int, error: str | None = None) -> None:
     """End the active run with ``status`` once the queued metrics are sent (or have failed)."""
+    import mlflow
+    from mlflow.entities import RunStatus
+
     with contextlib.suppress(Exception):
         wait_for_background()
     if error is not None:
@@ -309,6 +330,9 @@ def _end(status: int, error: str | None = None) -> None:
 
 def _describe(run_id: str, cfg: DictConfig, tags: dict[str, str], overrides: list[str]) -> None:
     """Params, tags and the resolved config of a new run."""
+    import mlflow
+    from mlflow.entities import Param, RunTag
+
     _log_batch_in_background(
         run_id,
         params=[Param(k, v) for k, v in config_params(cfg).items()],
@@ -328,10 +352,12 @@ class EpochMetrics:
 
     def __init__(self, run_id: str, flush_every: float = 10.0) -> None:
         self.run_id, self.flush_every = run_id, flush_every
-        self.pending: list[Metric] = []
+        self.pending: list[mlflow.entities.Metric] = []
         self.last_flush = time.monotonic()
 
     def add(self, epoch: int, logs: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
         stamp = int(time.time() * 1000)
         self.pending += [Metric(k, float(v), stamp, epoch) for k, v in logs.items()]
         if time.monotonic() - self.last_flush >= self.flush_every:
@@ -344,30 +370,43 @@ class EpochMetrics:
 
 
 def active() -> bool:
-    """Whether there is a run to log to; every log function below is a no-op without one."""
-    return mlflow.active_run() is not None
+    """Whether there is a run to log to; every log function below is a no-op without one.
+    A process that never imported MLflow has none, and asking must not import it."""
+    mlflow = sys.modules.get("mlflow")
+    return mlflow is not None and mlflow.active_run() is not None
 
 
 def run_record() -> dict[str, str | None]:
     """What a DVC stage after train needs to add to the same run (nothing without a run)."""
-    run = mlflow.active_run()
-    if run is None:
+    if not active():
         return {"run_id": None, "tracking_uri": None}
+    import mlflow
+
+    run = mlflow.active_run()
     return {"run_id": run.info.run_id, "tracking_uri": masked_uri(mlflow.get_tracking_uri())}
 
 
 def epoch_metrics() -> EpochMetrics | None:
-    return EpochMetrics(mlflow.active_run().info.run_id) if active() else None
+    if not active():
+        return None
+    import mlflow
+
+    return EpochMetrics(mlflow.active_run().info.run_id)
 
 
 def log_artifact(path: Path, folder: str) -> None:
     if active():
+        import mlflow
+
         mlflow.log_artifact(str(path), folder)
 
 
 def log_metrics(values: dict[str, float]) -> None:
     """Final values (step 0), sent in the background like the per-epoch ones."""
     if active():
+        import mlflow
+        from mlflow.entities import Metric
+
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(v), stamp, 0) for k, v in values.items()]
         _log_batch_in_background(mlflow.active_run().info.run_id, metrics=metrics)
@@ -382,6 +421,10 @@ def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> N
     """The training data as an MLflow dataset input carrying losslab's content hash."""
     if not active():
         return
+    import mlflow
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+
     with warnings.catch_warnings():  # a local path matches two equivalent source types
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_numpy(
@@ -417,6 +460,8 @@ class _KerasSaver:
 
     @staticmethod
     def save_model(path: str, validate_serving_input: bool = False, **kwargs: Any) -> None:
+        import mlflow.keras
+
         os.makedirs(path, exist_ok=True)
         mlflow.keras.save_model(path=path, **kwargs)
 
@@ -431,6 +476,7 @@ def log_model(model: Any, example: Any) -> None:
     if not active():
         return
     import keras
+    import mlflow
     from mlflow.models import Model, infer_signature
 
     trained, model = model, type(model).from_config(model.get_config())  # not compiled

@@ -9,25 +9,39 @@ per-epoch reshuffling, optimizer, loss tracking and per-epoch validation metrics
 
 from __future__ import annotations
 
+import atexit
+import gc
 import math
 import os
 import zipfile
 from dataclasses import dataclass
 from typing import Any
 
-import keras
-import numpy as np
-import tensorflow as tf
+# One thread for TensorFlow's op pools unless the user sets them: a small model's ops are too
+# short to share out, and handing them between threads doubled the CPU time of the reference
+# runs (benchmarks/speed.py); a sweep gets its parallelism from one worker process per core.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
-from losslab import losses
-from losslab.config import Validation
-from losslab.datasets import Dataset
-from losslab.metrics import build_metrics
-from losslab.models import build_model
-from losslab.optimizers import build_optimizer
-from losslab.storage import StageInputError
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from losslab import losses  # noqa: E402
+from losslab.config import Validation  # noqa: E402
+from losslab.datasets import Dataset  # noqa: E402
+from losslab.metrics import build_metrics  # noqa: E402
+from losslab.models import build_model  # noqa: E402
+from losslab.optimizers import build_optimizer  # noqa: E402
+from losslab.storage import StageInputError  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # retracing notes when one process trains several models
+
+# A process that trains holds millions of Python objects (TensorFlow, Keras, MLflow); the
+# interpreter's last garbage collection over them took 1.2 to 2.2 s of every such process's exit
+# (each DVC stage, each sweep worker, each run), only to free memory the operating system frees
+# anyway. Frozen objects are left out of it; exit handlers still run as before.
+atexit.register(gc.freeze)
 
 EPOCHS_PER_CALL = 10
 """Epochs per compiled call: callbacks, the progress bar and ``model.stop_training`` act at
@@ -102,7 +116,9 @@ def _compiled_epochs(
         logs = model.get_metrics_result()
         return [tf.cast(logs[name], tf.float32) for name in names]
 
-    @tf.function
+    # no AutoGraph: the loops are explicit ``tf.while_loop``s, and converting Keras's steps cost
+    # a third of each run's tracing
+    @tf.function(autograph=False)
     def run(first: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
         def epoch(e: tf.Tensor, finite: tf.Tensor, rows: tf.TensorArray) -> tuple:
             order = tf.argsort(tf.random.stateless_uniform([len(train[0])], seed=[seed, e]))
