@@ -13,7 +13,7 @@ One command, one machine, one invocation:
 - B without tracking: the same with ``tracking.enabled=false``.
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
 - One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking;
-  and one longer run (reg_mse on 20 times the samples), where MLflow's fixed costs weigh less.
+  and one longer run (reg_mse on 200 times the samples), where MLflow's fixed costs weigh less.
 - Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers, and how fast the CLI
   answers ``--help`` and a config error.
 
@@ -262,7 +262,7 @@ def main() -> None:
         scaling = json.loads(scaling_out.read_text())
         jobs_per_minute = {n: throughput(folder, n) for n in (1, 2)}
         single = single_run(folder, "single", "experiment=separable_hinge")
-        long_run = single_run(folder, "long", "experiment=reg_mse", "dataset.n_samples=20000")
+        long_run = single_run(folder, "long", "experiment=reg_mse", "dataset.n_samples=200000")
         latency = cli_latency()
         print(f"A {args.repeats - 1} more times, for the spread:", flush=True)
         spreads = {p: [reference[p]] for p in presets}
@@ -348,7 +348,7 @@ def report(r: dict) -> None:
             f"untracked ({r[key]['tracking_overhead_percent']:.1f} %)"
             for key, label in (
                 ("single_run", "one run (separable_hinge)"),
-                ("long_run", "one longer run (reg_mse, 20 000 samples)"),
+                ("long_run", "one longer run (reg_mse, 200 000 samples)"),
             )
         )
         + "\nCLI: "

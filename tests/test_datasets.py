@@ -262,3 +262,16 @@ def test_history_csv_round_trip(tmp_path):
     loaded = read_history_csv(path)
     assert list(loaded)[0] == "loss"
     assert loaded == history  # exact: floats survive the CSV unchanged
+
+
+def test_dataset_figure_is_drawn_once_per_data_and_copied_after(tiny_cfg, tmp_path):
+    from losslab import plots
+
+    blobs = make_dataset(tiny_cfg("experiment=blobs_cce").dataset)
+    circles = make_dataset(tiny_cfg("experiment=circles_bce").dataset)
+    drawn = plots.dataset_scatter(blobs, "data", tmp_path / "first" / "dataset.png")
+    copied = plots.dataset_scatter(blobs, "data", tmp_path / "second" / "dataset.png")
+    other = plots.dataset_scatter(circles, "data", tmp_path / "third" / "dataset.png")
+    assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert copied.read_bytes() == drawn.read_bytes()
+    assert other.read_bytes() != drawn.read_bytes()

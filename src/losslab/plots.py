@@ -62,8 +62,24 @@ def _projection(data: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
     return pca.transform(data.x_train), pca.transform(data.x_test), "PC"
 
 
+_DRAWN_DATASETS: dict[tuple[str, str], bytes] = {}
+"""The dataset figures this process drew, by (data hash, title): a sweep worker trains several
+models on the same data and copies the figure instead of drawing it again."""
+
+
 def dataset_scatter(data: Dataset, title: str, target: Path) -> Path:
     """Train and test points, coloured by class (or by target value for regression)."""
+    key = (data.content_hash(), title)
+    if key not in _DRAWN_DATASETS:
+        _draw_dataset(data, title, target)
+        _DRAWN_DATASETS[key] = target.read_bytes()
+        return target
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(_DRAWN_DATASETS[key])
+    return target
+
+
+def _draw_dataset(data: Dataset, title: str, target: Path) -> Path:
     train, test, axis_name = _projection(data)
     figure, axis = plt.subplots(figsize=(5.5, 4.5))
     colour = "viridis" if data.task is Task.REGRESSION else "coolwarm"
