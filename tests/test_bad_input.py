@@ -254,6 +254,25 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
     assert not (outcome.out / "metrics.json").exists()
 
 
+def test_sweep_on_an_unreachable_tracking_server_is_one_line(tmp_path):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    sweep_dir = tmp_path / "sweep"
+    cmd = [
+        LOSSLAB,
+        "-m",
+        *TINY,
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    outcome = run(cmd, tmp_path, uri, sweep_dir)
+    assert_clean_refusal(outcome, 2)
+    (line,) = error_lines(outcome, "losslab")
+    assert line.startswith("losslab: error: tracking.uri:") and "does not answer" in line, line
+    assert "Warning" not in outcome.done.stderr, outcome.text
+    assert not list(sweep_dir.glob("*/metrics.json"))  # no job ran
+
+
 def test_unreachable_tracking_server_writes_no_data(tmp_path):
     outcome = losslab(tmp_path, f"http://127.0.0.1:{closed_port()}")
     assert outcome.done.returncode == 2, outcome.text

@@ -194,6 +194,15 @@ class SweepTracker(Callback):
         self.workers: _Workers | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Start the workers and the parent run. A store that cannot be used stops the sweep
+        here with one line: Hydra only warns about a callback that raises, and would run every
+        job into the same error."""
+        from losslab.cli import reported_errors
+
+        with reported_errors("losslab"):
+            self._start(config)
+
+    def _start(self, config: DictConfig) -> None:
         from losslab import tracking
         from losslab.app import CONF_DIR
 
