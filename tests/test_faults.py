@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -187,6 +188,43 @@ def test_signal_during_training_keeps_outputs_and_repro_recovers(repro_clone, si
     assert running(uri) == []
     status = run([DVC, "status"], clone, uri)
     assert "Data and pipelines are up to date" in status.stdout, output(status)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "whole_group", "reason"),
+    [(signal.SIGINT, True, "Ctrl-C"), (signal.SIGTERM, False, "terminated by signal 15")],
+    ids=["Ctrl-C", "SIGTERM"],
+)
+def test_stopped_joblib_sweep_ends_every_run_and_says_so_once(
+    tmp_path, signum, whole_group, reason
+):
+    """Ctrl-C reaches the sweep and its workers; SIGTERM only the sweep's own process."""
+    uri, sweep_dir = store(tmp_path), tmp_path / "sweep"
+    cmd = [LOSSLAB, "-m", "experiment=reg_mse", "seed=range(0,40)", "hydra/launcher=joblib"]
+    cmd += [*TINY, f"hydra.sweep.dir={sweep_dir}"]
+    with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=run_env(uri), stdout=out, stderr=err, start_new_session=True
+        )
+        try:
+            wait_for(lambda: list(sweep_dir.glob("*/metrics.json")), 180, "a finished job", proc)
+            if whole_group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+            proc.wait(timeout=60)
+        finally:
+            stop(proc)
+    stdout, stderr = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stdout + stderr, stderr[-3000:]
+    said = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert said == [f"losslab: interrupted ({reason})"], stderr[-3000:]
+    assert running(uri) == []
+    (parent,) = [r for r in all_runs(uri) if r.data.tags.get("losslab.sweep") == "true"]
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["losslab.error"].startswith("stopped after"), parent.data.tags
 
 
 # --------------------------------------------------------------------------------------------

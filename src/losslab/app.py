@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from losslab.cli import JobFailed, reported_errors
+from losslab.cli import JobFailed, reported_errors, sigterm_as_exception
 from losslab.config import validate
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -84,7 +84,9 @@ def main() -> float | None:
         with reported_errors("losslab"):
             print(help_text([a for a in arguments if a not in ("-h", "--help")]))
         return None
-    return hydra_app()
+    # Ctrl-C or SIGTERM to a sweep's own process: one line, exit 130, the parent run KILLED
+    with reported_errors("losslab"), sigterm_as_exception():
+        return hydra_app()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

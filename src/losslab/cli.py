@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from hydra.errors import CompactHydraException
 
@@ -25,6 +27,26 @@ class JobFailed(CompactHydraException):
     reports the message without a traceback (it prints compact exceptions as one line)."""
 
 
+@contextmanager
+def sigterm_as_exception() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread, so that runs end KILLED and the
+    command exits through :func:`reported_errors` as on Ctrl-C (Python's default would end the
+    process at once, with no cleanup at all)."""
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: leave signal handling to the caller
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by what the user asked for, including a diverging loss."""
     errors: tuple[type[BaseException], ...] = (ConfigError, StageInputError)
@@ -38,12 +60,16 @@ def reported_errors(program: str, raise_instead: type[Exception] | None = None) 
     """Turn user errors and interruptions into a message on stderr and an exit status.
 
     With ``raise_instead``, a user error is re-raised as that exception (with the same one-line
-    message) instead of exiting, so a caller such as a sweep can go on.
+    message) instead of exiting, so a caller such as a sweep can go on; an interruption then
+    goes on unchanged to the sweep, which reports it once.
     """
     try:
         yield
     except (KeyboardInterrupt, Terminated) as stop:
-        print(f"{program}: interrupted ({stop or 'Ctrl-C'})", file=sys.stderr)
+        if raise_instead is not None:
+            raise
+        reason = "Ctrl-C" if isinstance(stop, KeyboardInterrupt) else str(stop)
+        print(f"{program}: interrupted ({reason})", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except _user_errors() as error:
         print(f"{program}: error: {error}", file=sys.stderr)

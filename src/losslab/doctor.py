@@ -24,17 +24,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def process_gone(run: Any) -> bool | None:
+    """Whether the process that holds a run is gone; None when that cannot be told from here
+    (no pid recorded, or another host)."""
+    pid, host = run.data.tags.get("losslab.pid"), run.data.tags.get("losslab.host")
+    if pid is None or host != socket.gethostname():
+        return None
+    return not _alive(int(pid))
+
+
 def orphaned(client: Any) -> tuple[list[Any], list[Any]]:
     """RUNNING runs whose process is dead here, and those that cannot be checked from here."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'")
     dead, unknown = [], []
-    here = socket.gethostname()
     for run in running:
-        pid, host = run.data.tags.get("losslab.pid"), run.data.tags.get("losslab.host")
-        if pid is None or host != here:
+        gone = process_gone(run)
+        if gone is None:
             unknown.append(run)
-        elif not _alive(int(pid)):
+        elif gone:
             dead.append(run)
     return dead, unknown
 

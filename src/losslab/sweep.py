@@ -117,6 +117,8 @@ def end_parent_run(
 
     client = MlflowClient(uri)
     children = report.child_runs(client, parent)
+    if interrupted:
+        _end_stopped_jobs(client, children)
     finished = sum(run.info.status == "FINISHED" for run in children)
     outcomes = [p.suffix for p in (sweep_dir / _PROGRESS).iterdir()]
     accounted, failed = len(outcomes), outcomes.count(".failed")
@@ -135,6 +137,17 @@ def end_parent_run(
         status = "KILLED"
         client.set_tag(parent, "losslab.error", f"stopped after {accounted} of {total} jobs")
     client.set_terminated(parent, status)
+
+
+def _end_stopped_jobs(client: Any, children: list) -> None:
+    """Jobs whose worker process went down with the stopped sweep (joblib kills its workers on
+    Ctrl-C) could not end their own runs: end them KILLED."""
+    from losslab.doctor import process_gone
+
+    for run in children:
+        if run.info.status == "RUNNING" and process_gone(run):
+            client.set_tag(run.info.run_id, "losslab.error", "stopped with the sweep")
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _best_trial(sweep_dir: Path) -> str | None:

@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import DictConfig
 
-from losslab.cli import Terminated
+from losslab.cli import Terminated, sigterm_as_exception
 from losslab.config import ConfigError, as_plain
 
 if TYPE_CHECKING:
@@ -244,22 +243,6 @@ def wait_for_background() -> None:
 
 
 @contextmanager
-def _sigterm_as_exception() -> Iterator[None]:
-    def raise_terminated(signum: int, frame: Any) -> None:
-        raise Terminated(f"terminated by signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
-    except ValueError:  # not the main thread: leave signal handling to the caller
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
 def run(
     cfg: DictConfig,
     entry_point: str,
@@ -277,7 +260,7 @@ def run(
     ``tracking.enabled: false`` no run is started and the log functions below do nothing.
     """
     if not cfg.tracking.enabled:
-        with _sigterm_as_exception():
+        with sigterm_as_exception():
             yield None
         return
     import mlflow
@@ -288,7 +271,7 @@ def run(
         run_id, entry_point = os.environ["MLFLOW_RUN_ID"], "mlflow-run"
     experiment_id = prepare(cfg)
     tags = {**run_tags(cfg, entry_point, list(overrides)), **(extra_tags or {})} if describe else {}
-    with _sigterm_as_exception():
+    with sigterm_as_exception():
         active = mlflow.start_run(
             run_id=run_id,
             experiment_id=None if run_id else experiment_id,
