@@ -352,33 +352,31 @@ class EpochMetrics:
         self.pending, self.last_flush = [], time.monotonic()
 
 
-def active() -> bool:
-    """Whether there is a run to log to; every log function below is a no-op without one.
-    A process that never imported MLflow has none, and asking must not import it."""
+def active_run_id() -> str | None:
+    """The run to log to; every log function below is a no-op without one. A process that
+    never imported MLflow has none, and asking must not import it."""
     mlflow = sys.modules.get("mlflow")
-    return mlflow is not None and mlflow.active_run() is not None
+    run = mlflow.active_run() if mlflow is not None else None
+    return run.info.run_id if run is not None else None
 
 
 def run_record() -> dict[str, str | None]:
     """What a DVC stage after train needs to add to the same run (nothing without a run)."""
-    if not active():
+    run_id = active_run_id()
+    if run_id is None:
         return {"run_id": None, "tracking_uri": None}
     import mlflow
 
-    run = mlflow.active_run()
-    return {"run_id": run.info.run_id, "tracking_uri": masked_uri(mlflow.get_tracking_uri())}
+    return {"run_id": run_id, "tracking_uri": masked_uri(mlflow.get_tracking_uri())}
 
 
 def epoch_metrics() -> EpochMetrics | None:
-    if not active():
-        return None
-    import mlflow
-
-    return EpochMetrics(mlflow.active_run().info.run_id)
+    run_id = active_run_id()
+    return EpochMetrics(run_id) if run_id else None
 
 
 def log_artifact(path: Path, folder: str) -> None:
-    if active():
+    if active_run_id():
         import mlflow
 
         mlflow.log_artifact(str(path), folder)
@@ -386,13 +384,13 @@ def log_artifact(path: Path, folder: str) -> None:
 
 def log_metrics(values: dict[str, float]) -> None:
     """Final values (step 0), sent in the background like the per-epoch ones."""
-    if active():
-        import mlflow
+    run_id = active_run_id()
+    if run_id:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(v), stamp, 0) for k, v in values.items()]
-        _log_batch_in_background(mlflow.active_run().info.run_id, metrics=metrics)
+        _log_batch_in_background(run_id, metrics=metrics)
 
 
 def log_final_metrics(results: dict[str, dict[str, float]]) -> None:
@@ -402,7 +400,8 @@ def log_final_metrics(results: dict[str, dict[str, float]]) -> None:
 
 def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> None:
     """The training data as an MLflow dataset input carrying losslab's content hash."""
-    if not active():
+    run_id = active_run_id()
+    if not run_id:
         return
     import mlflow
     from mlflow.entities import RunTag
@@ -428,7 +427,7 @@ def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> N
             if attempt == 2:
                 raise
             time.sleep(0.2)
-    run_id = mlflow.active_run().info.run_id  # and as a searchable tag: tags.`losslab.data_hash`
+    # and as a searchable tag: tags.`losslab.data_hash`
     _log_batch_in_background(run_id, tags=[RunTag("losslab.data_hash", meta["sha256"])])
 
 
@@ -456,7 +455,7 @@ def log_model(model: Any, example: Any) -> None:
     MLflow gets an uncompiled copy with the trained weights: it predicts the same, and it loads
     anywhere without losslab's custom metrics being importable.
     """
-    if not active():
+    if not active_run_id():
         return
     import keras
     import mlflow
