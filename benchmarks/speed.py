@@ -12,8 +12,8 @@ One command, one machine, one invocation:
   (as it does after ``make run``); once more into a fresh store, which adds creating its schema.
 - B without tracking: the same with ``tracking.enabled=false``.
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
-- One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking;
-  and one longer run (reg_mse on 200 times the samples), where MLflow's fixed costs weigh less.
+- One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
+  (5 of each, alternated; the medians), and one longer run (reg_mse on 200 times the samples).
 - Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers, and how fast the CLI
   answers ``--help`` and a config error.
 
@@ -180,25 +180,32 @@ def throughput(folder: Path, workers: int, jobs: int = 8) -> float:
     return 60 * jobs / measured.seconds
 
 
-def single_run(folder: Path, name: str, *overrides: str) -> dict[str, float]:
+def single_run(folder: Path, name: str, *overrides: str, repeats: int = 5) -> dict:
     """Wall time of one ``losslab`` process, tracked and not, on a store that already exists
-    (as it does after the first run)."""
+    (as it does after the first run): ``repeats`` of each, alternated, and their medians, since
+    one process's time varies by about 10 % from run to run on a 2-core machine."""
     uri = existing_store(folder, name)
-    seconds = {}
-    for tracked in ("true", "false"):
-        measured = Measured(
-            [
-                str(BIN / "losslab"),
-                *overrides,
-                "trainer.verbose=0",
-                f"tracking.enabled={tracked}",
-                f"hydra.run.dir={folder / f'{name}-{tracked}'}",
-            ],
-            {"MLFLOW_TRACKING_URI": uri},
-        )
-        seconds["tracked_s" if tracked == "true" else "untracked_s"] = measured.seconds
-    seconds["tracking_overhead_percent"] = 100 * (seconds["tracked_s"] / seconds["untracked_s"] - 1)
-    return seconds
+    samples: dict[str, list[float]] = {"tracked": [], "untracked": []}
+    for repeat in range(repeats):
+        for tracked in ("true", "false"):
+            measured = Measured(
+                [
+                    str(BIN / "losslab"),
+                    *overrides,
+                    "trainer.verbose=0",
+                    f"tracking.enabled={tracked}",
+                    f"hydra.run.dir={folder / f'{name}-{tracked}-{repeat}'}",
+                ],
+                {"MLFLOW_TRACKING_URI": uri},
+            )
+            samples["tracked" if tracked == "true" else "untracked"].append(measured.seconds)
+    tracked_s, untracked_s = (statistics.median(samples[k]) for k in ("tracked", "untracked"))
+    return {
+        "tracked_s": tracked_s,
+        "untracked_s": untracked_s,
+        "tracking_overhead_percent": 100 * (tracked_s / untracked_s - 1),
+        "samples_s": samples,
+    }
 
 
 def cli_latency() -> dict[str, float]:
@@ -262,7 +269,9 @@ def main() -> None:
         scaling = json.loads(scaling_out.read_text())
         jobs_per_minute = {n: throughput(folder, n) for n in (1, 2)}
         single = single_run(folder, "single", "experiment=separable_hinge")
-        long_run = single_run(folder, "long", "experiment=reg_mse", "dataset.n_samples=200000")
+        long_run = single_run(
+            folder, "long", "experiment=reg_mse", "dataset.n_samples=200000", repeats=2
+        )
         latency = cli_latency()
         print(f"A {args.repeats - 1} more times, for the spread:", flush=True)
         spreads = {p: [reference[p]] for p in presets}

@@ -228,8 +228,31 @@ def test_stopped_joblib_sweep_ends_every_run_and_says_so_once(
 
 
 # --------------------------------------------------------------------------------------------
-# 2. SIGKILL: nothing runs on the way out; losslab-doctor finds and fails the orphan.
+# 2. SIGKILL: nothing runs on the way out of the killed process. The side process that holds
+#    its run ends the run KILLED; if it dies too, losslab-doctor finds and fails the orphan.
 # --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_to_losslab_and_its_side_process_ends_the_run_killed(tmp_path):
+    uri = store(tmp_path)
+    make_experiment(uri)
+    client = MlflowClient(tracking_uri=uri)
+    cmd = [LOSSLAB, "experiment=reg_mse", *TINY, "trainer.epochs=100000"]
+    proc = start([*cmd, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, uri)
+    try:
+        run_id = training_run(client, proc, set())
+        side = int(client.get_run(run_id).data.tags["losslab.pid"])
+        assert side != proc.pid  # the side process holds the run
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        wait_for(lambda: client.get_run(run_id).info.status != "RUNNING", 60, "the run to end")
+    finally:
+        stop(proc)
+    ended = client.get_run(run_id)
+    assert ended.info.status == "KILLED"
+    assert ended.data.tags["losslab.error"] == "the losslab process ended before its run did"
+    wait_for(lambda: not Path(f"/proc/{side}").exists(), 60, "the side process to exit")
 
 
 @pytest.mark.slow
@@ -241,6 +264,8 @@ def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
     proc = start([*cmd, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, uri)
     try:
         run_id = training_run(client, proc, set())
+        holder = int(client.get_run(run_id).data.tags["losslab.pid"])
+        os.kill(holder, signal.SIGKILL)  # the side process first, then the one it serves
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:
@@ -248,12 +273,11 @@ def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     orphan = client.get_run(run_id)
     assert orphan.info.status == "RUNNING"  # the fault: nobody ended it
-    assert orphan.data.tags["losslab.pid"] == str(proc.pid)
 
     dry = run([LOSSLAB_DOCTOR, "--dry-run"], tmp_path, uri)
     assert dry.returncode == 0, output(dry)
     assert f"would mark FAILED: run {run_id}" in dry.stdout, output(dry)
-    assert f"pid {proc.pid} is gone" in dry.stdout
+    assert f"pid {holder} is gone" in dry.stdout
     assert client.get_run(run_id).info.status == "RUNNING"  # a dry run changes nothing
 
     fixed = run([LOSSLAB_DOCTOR], tmp_path, uri)
@@ -263,7 +287,7 @@ def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
     failed = client.get_run(run_id)
     assert failed.info.status == "FAILED"
     assert failed.info.end_time is not None
-    assert str(proc.pid) in failed.data.tags["losslab.error"]
+    assert str(holder) in failed.data.tags["losslab.error"]
 
     again = run([LOSSLAB_DOCTOR], tmp_path, uri)
     assert again.returncode == 0, output(again)

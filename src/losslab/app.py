@@ -29,19 +29,24 @@ def run(
     entry_point: str = "cli",
     overrides: list[str] = (),
     extra_tags: dict[str, str] | None = None,
+    beside: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Validate ``cfg``, then generate, train, evaluate and plot into ``output_dir``.
 
     All four steps share one MLflow run; opening it first checks the tracking store, so an
-    unreachable server is reported before anything is written. Returns the train and test
-    scores, and the last epoch's validation scores.
+    unreachable server is reported before anything is written. ``beside`` has a side process
+    do the MLflow work (see ``tracking.SideProcess``), for a process that starts fresh; a
+    process that has MLflow loaded already (a sweep's worker) logs itself. Returns the train
+    and test scores, and the last epoch's validation scores.
     """
     cfg = validate(cfg)
     from losslab import steps, tracking
     from losslab.storage import read_history_csv
 
     layout = steps.Layout(Path(output_dir))
-    with tracking.run(cfg, entry_point, overrides, extra_tags=extra_tags):
+    with tracking.run(
+        cfg, entry_point, overrides, extra_tags=extra_tags, beside=beside, logs_model=True
+    ):
         steps.generate(cfg, layout)
         model = steps.train(cfg, layout)
         results = steps.evaluate(cfg, layout, model)
@@ -91,8 +96,9 @@ def main() -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_app(cfg: DictConfig) -> float | None:
-    """In a multirun, each job is a child of the sweep's parent run and trains without a
-    progress bar (the sweep prints jobs done and time left); a failing job fails alone."""
+    """A single run hands its MLflow work to a side process. In a multirun, each job logs
+    from its worker as a child of the sweep's parent run, and trains without a progress bar
+    (the sweep prints jobs done and time left); a failing job fails alone."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -115,6 +121,7 @@ def hydra_app(cfg: DictConfig) -> float | None:
             "multirun" if multirun else "cli",
             list(hydra_cfg.overrides.task),
             extra_tags,
+            beside=not multirun,
         )
         print(f"losslab: outputs in {output_dir}")
         for split in ("train", "test"):

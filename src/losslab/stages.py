@@ -1,7 +1,8 @@
 """``losslab-stage STEP``: one DVC stage, reading ``params.yaml`` and writing its declared outputs.
 
 ``generate`` runs without MLflow; ``train`` starts the pipeline's MLflow run and records its id
-in ``model/run.json``; ``evaluate`` and ``plot`` add to that same run.
+in ``model/run.json``; ``evaluate`` and ``plot`` add to that same run. Each stage is a fresh
+process, so a side process does its MLflow work (see ``tracking.SideProcess``).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ def run_stage(step: str, params: Path, root: Path) -> None:
     from losslab import tracking
 
     if step == "train":
-        with tracking.run(cfg, "dvc"):
+        with tracking.run(cfg, "dvc", beside=True, logs_model=True):
             steps.train(cfg, layout)
         return
     run_id = read_json(layout.run_info).get("run_id")
-    with tracking.run(cfg, "dvc", run_id=run_id, describe=False):
+    with tracking.run(cfg, "dvc", run_id=run_id, describe=False, beside=True):
         steps.STEPS[step](cfg, layout)
 
 

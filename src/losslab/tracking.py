@@ -5,7 +5,8 @@ The embedded default is the SQLite store ``mlflow.db`` at the project root with 
 all write to one store. ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` point runs elsewhere.
 
 MLflow is imported only where a run is started or logged to: it costs 1 to 2 s per process, which
-an untracked run, a config error and a sweep's parent process do without.
+an untracked run, a config error and a sweep's parent process do without, and which a command
+that starts fresh leaves to its side process (:class:`SideProcess`), on another core.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 import platform
 import re
 import socket
@@ -250,6 +252,8 @@ def run(
     run_id: str | None = None,
     describe: bool = True,
     extra_tags: dict[str, str] | None = None,
+    beside: bool = False,
+    logs_model: bool = False,
 ) -> Iterator[mlflow.ActiveRun | None]:
     """Start (or, with ``run_id``, resume) a run and end it as FINISHED, FAILED or KILLED.
 
@@ -258,9 +262,22 @@ def run(
     the one filled in. No path leaves the run RUNNING: an exception marks it FAILED
     with the error in the ``losslab.error`` tag, Ctrl-C and SIGTERM mark it KILLED. With
     ``tracking.enabled: false`` no run is started and the log functions below do nothing.
+
+    ``beside`` hands the run to a side process (:class:`SideProcess`; ``logs_model`` readies
+    it for :func:`log_model`) and yields None; otherwise this process logs and yields the
+    active run.
     """
     if not cfg.tracking.enabled:
         with sigterm_as_exception():
+            yield None
+        return
+    if beside:
+        with (
+            sigterm_as_exception(),
+            SideProcess.holding(
+                (cfg, entry_point, list(overrides), run_id, describe, extra_tags), logs_model
+            ),
+        ):
             yield None
         return
     import mlflow
@@ -327,34 +344,35 @@ def _describe(run_id: str, cfg: DictConfig, tags: dict[str, str], overrides: lis
 
 class EpochMetrics:
     """Buffers per-epoch metrics and sends them with one ``log_batch`` every few seconds, from
-    a background thread.
+    a background thread (or the side process).
 
     One MLflow call per value costs more than a small model's epoch; batched and sent beside
     the training, they cost it almost nothing while the UI still follows a long run.
     """
 
-    def __init__(self, run_id: str, flush_every: float = 10.0) -> None:
-        self.run_id, self.flush_every = run_id, flush_every
-        self.pending: list[mlflow.entities.Metric] = []
+    def __init__(self, flush_every: float = 10.0) -> None:
+        self.flush_every = flush_every
+        self.pending: list[tuple[str, float, int, int]] = []  # Metric's fields
         self.last_flush = time.monotonic()
 
     def add(self, epoch: int, logs: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
         stamp = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), stamp, epoch) for k, v in logs.items()]
+        self.pending += [(k, float(v), stamp, epoch) for k, v in logs.items()]
         if time.monotonic() - self.last_flush >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
-            _log_batch_in_background(self.run_id, metrics=self.pending)
+            _log("metrics", self.pending)
         self.pending, self.last_flush = [], time.monotonic()
 
 
 def active_run_id() -> str | None:
     """The run to log to; every log function below is a no-op without one. A process that
-    never imported MLflow has none, and asking must not import it."""
+    never imported MLflow has none unless its side process holds one, and asking must not
+    import MLflow."""
+    if _SIDE is not None:
+        return _SIDE.record["run_id"]
     mlflow = sys.modules.get("mlflow")
     run = mlflow.active_run() if mlflow is not None else None
     return run.info.run_id if run is not None else None
@@ -362,6 +380,8 @@ def active_run_id() -> str | None:
 
 def run_record() -> dict[str, str | None]:
     """What a DVC stage after train needs to add to the same run (nothing without a run)."""
+    if _SIDE is not None:
+        return _SIDE.record
     run_id = active_run_id()
     if run_id is None:
         return {"run_id": None, "tracking_uri": None}
@@ -371,26 +391,17 @@ def run_record() -> dict[str, str | None]:
 
 
 def epoch_metrics() -> EpochMetrics | None:
-    run_id = active_run_id()
-    return EpochMetrics(run_id) if run_id else None
+    return EpochMetrics() if active_run_id() else None
 
 
 def log_artifact(path: Path, folder: str) -> None:
-    if active_run_id():
-        import mlflow
-
-        mlflow.log_artifact(str(path), folder)
+    _log("artifact", str(path), folder)
 
 
 def log_metrics(values: dict[str, float]) -> None:
     """Final values (step 0), sent in the background like the per-epoch ones."""
-    run_id = active_run_id()
-    if run_id:
-        from mlflow.entities import Metric
-
-        stamp = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), stamp, 0) for k, v in values.items()]
-        _log_batch_in_background(run_id, metrics=metrics)
+    stamp = int(time.time() * 1000)
+    _log("metrics", [(k, float(v), stamp, 0) for k, v in values.items()])
 
 
 def log_final_metrics(results: dict[str, dict[str, float]]) -> None:
@@ -398,21 +409,51 @@ def log_final_metrics(results: dict[str, dict[str, float]]) -> None:
     log_metrics({f"{split}_{k}": v for split, scores in results.items() for k, v in scores.items()})
 
 
-def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> None:
-    """The training data as an MLflow dataset input carrying losslab's content hash."""
-    run_id = active_run_id()
-    if not run_id:
-        return
+def log_dataset(meta: dict[str, Any], source: Path) -> None:
+    """The training data written at ``source``, as an MLflow dataset input carrying losslab's
+    content hash (``meta`` is the dataset's metadata)."""
+    _log("dataset", meta, str(source.resolve()))
+
+
+def log_model(saved: Path, example: Any) -> None:
+    """The Keras model saved at ``saved``, with its signature and an input example."""
+    _log("model", str(saved), example[:5])
+
+
+def _log(name: str, *args: Any) -> None:
+    """Have the process that holds the run do ``name``: the side process, or this one."""
+    if _SIDE is not None:
+        _SIDE.send(name, *args)
+    elif active_run_id():
+        _LOG_HERE[name](*args)
+
+
+def _log_artifact_here(path: str, folder: str) -> None:
+    import mlflow
+
+    mlflow.log_artifact(path, folder)
+
+
+def _log_metrics_here(values: list[tuple[str, float, int, int]]) -> None:
+    from mlflow.entities import Metric
+
+    _log_batch_in_background(active_run_id(), metrics=[Metric(*value) for value in values])
+
+
+def _log_dataset_here(meta: dict[str, Any], source: str) -> None:
     import mlflow
     from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
 
+    from losslab.storage import read_npz
+
+    arrays = read_npz(Path(source), ("x_train", "y_train"))
     with warnings.catch_warnings():  # a local path matches two equivalent source types
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_numpy(
             arrays["x_train"],
             targets=arrays["y_train"],
-            source=str(source.resolve()),
+            source=source,
             name=meta["name"],
             digest=meta["sha256"][:32],
         )
@@ -428,7 +469,7 @@ def log_dataset(arrays: dict[str, Any], meta: dict[str, Any], source: Path) -> N
                 raise
             time.sleep(0.2)
     # and as a searchable tag: tags.`losslab.data_hash`
-    _log_batch_in_background(run_id, tags=[RunTag("losslab.data_hash", meta["sha256"])])
+    _log_batch_in_background(active_run_id(), tags=[RunTag("losslab.data_hash", meta["sha256"])])
 
 
 class _KerasSaver:
@@ -448,22 +489,18 @@ class _KerasSaver:
         mlflow.keras.save_model(path=path, **kwargs)
 
 
-def log_model(model: Any, example: Any) -> None:
-    """Log the Keras model with its signature and an input example, from the background thread
-    (saving it overlaps with evaluation and plotting; :func:`run` waits for it).
+def _log_model_here(saved: str, example: Any) -> None:
+    """Log the saved model from the background thread (saving it overlaps with evaluation and
+    plotting; :func:`run` waits for it).
 
-    MLflow gets an uncompiled copy with the trained weights: it predicts the same, and it loads
+    MLflow gets it loaded without its compile settings: it predicts the same, and it loads
     anywhere without losslab's custom metrics being importable.
     """
-    if not active_run_id():
-        return
     import keras
     import mlflow
     from mlflow.models import Model, infer_signature
 
-    trained, model = model, type(model).from_config(model.get_config())  # not compiled
-    model.set_weights(trained.get_weights())
-    example = example[:5]
+    model = keras.saving.load_model(saved, compile=False)
     signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
     # created here, where the run is active: the background thread has no active run and would
     # file the model under the Default experiment
@@ -487,3 +524,147 @@ def log_model(model: Any, example: Any) -> None:
         validate_serving_input=False,  # reloading to predict costs more than a short run
     )
     _IN_FLIGHT.append(_SENDER.submit(log))
+
+
+_LOG_HERE = {
+    "artifact": _log_artifact_here,
+    "metrics": _log_metrics_here,
+    "dataset": _log_dataset_here,
+    "model": _log_model_here,
+}
+
+
+class SideProcess:
+    """A forked process that holds the run and does all of its MLflow work, for a command that
+    starts fresh (one ``losslab`` run, a DVC stage).
+
+    Importing MLflow and opening the store cost such a process about 2 s, and logging the model
+    about 1 s more; in a side process they run on another core, beside this process's
+    TensorFlow import and training instead of after them. The side process runs :func:`run`
+    and the same log functions as this process would, on what :func:`_log` sends it, so the run
+    holds the same either way. A store it cannot use is reported before any output is written;
+    an error it meets while logging, when the run ends; if this process dies, the side process
+    ends the run KILLED.
+    """
+
+    def __init__(self, run_args: tuple, logs_model: bool) -> None:
+        import multiprocessing
+
+        # Forked before TensorFlow starts its threads, and before anything is logged here (the
+        # background thread does not exist yet). Output still buffered would be printed twice.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        context = multiprocessing.get_context("fork")
+        self.connection, side_end = context.Pipe()
+        self.process = context.Process(
+            target=_hold,
+            args=(side_end, self.connection, run_args, logs_model),
+            name="losslab-tracking",
+        )
+        self.process.start()
+        side_end.close()  # the side process's exit then reads as the end of the pipe
+        self.record: dict[str, str | None] = {}
+        self.ended = False
+
+    @classmethod
+    @contextmanager
+    def holding(cls, run_args: tuple, logs_model: bool) -> Iterator[None]:
+        """A side process holds the run while the body runs; it ends the run as the body ends."""
+        global _SIDE
+        side = cls(run_args, logs_model)
+        try:
+            import losslab.training  # noqa: F401  TensorFlow, while the side process opens the store
+
+            side.record = side.started()
+            _SIDE = side
+            yield
+        except BaseException as error:
+            _SIDE = None
+            side.end(error)
+            raise
+        _SIDE = None
+        side.end(None)
+
+    def started(self) -> dict[str, str | None]:
+        """The run's record once the side process has started it; its error if it could not."""
+        kind, value = self._receive()
+        if kind == "ended":
+            self.ended = True
+            self.process.join()
+            raise value
+        return value
+
+    def send(self, name: str, *args: Any) -> None:
+        """Queue ``name(*args)`` for the side process. The background thread sends it, so a full
+        pipe (the side process still importing) never holds up training."""
+        _IN_FLIGHT.append(_SENDER.submit(self.connection.send, (name, args)))
+
+    def end(self, error: BaseException | None) -> None:
+        """Tell the side process how the run ended (``error``, or None for success) and wait
+        until it has ended the run; raise an error it met while logging."""
+        if self.ended:
+            return
+        self.ended = True
+        with contextlib.suppress(Exception):  # a side process that died is reported below
+            wait_for_background()
+            self.connection.send(("end", _picklable(error)))
+        outcome = None
+        try:
+            while (message := self._receive())[0] != "ended":  # "started", if never read
+                continue
+            outcome = message[1]
+        except RuntimeError as lost:
+            outcome = lost
+        self.process.join()
+        if error is None and outcome is not None:
+            raise outcome
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            return self.connection.recv()
+        except EOFError:
+            self.process.join()
+            raise RuntimeError(
+                f"the tracking process ended unexpectedly (exit code {self.process.exitcode})"
+            ) from None
+
+
+_SIDE: SideProcess | None = None
+
+
+def _hold(connection: Any, main_end: Any, run_args: tuple, logs_model: bool) -> None:
+    """The side process: hold the run, do what the main process sends, end the run as told."""
+    main_end.close()  # so that the main process's exit reads as the end of the pipe
+    outcome = None
+    try:
+        with run(*run_args):
+            connection.send(("started", run_record()))
+            if logs_model:
+                import losslab.training  # noqa: F401  Keras, ready before the model arrives
+            while (message := _next(connection))[0] != "end":
+                name, args = message
+                _LOG_HERE[name](*args)
+            if message[1] is not None:
+                raise message[1]  # ends the run as the main process's error would have
+    except BaseException as error:  # the main process reports it
+        outcome = error
+    with contextlib.suppress(OSError):
+        connection.send(("ended", _picklable(outcome)))
+
+
+def _next(connection: Any) -> tuple[str, Any]:
+    try:
+        return connection.recv()
+    except EOFError:
+        raise Terminated("the losslab process ended before its run did") from None
+
+
+def _picklable(error: BaseException | None) -> BaseException | None:
+    """``error`` as it can cross to the other process, else a RuntimeError with its text."""
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
