@@ -34,11 +34,11 @@ run: $(STAMP)
 
 TEST_WORKERS ?= 2
 
-## test: the fast test set, on TEST_WORKERS processes (about 5 minutes on 2 cores)
+## test: the fast test set, on TEST_WORKERS processes (about 6 minutes on 2 cores)
 test: $(RAY_STAMP) postgresql
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
-## test-all: every test, the slow end-to-end ones included (about 9 minutes on 2 cores)
+## test-all: every test, the slow end-to-end ones included (about 12 minutes on 2 cores)
 test-all: $(RAY_STAMP) postgresql
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "slow or not slow"
 

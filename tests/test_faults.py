@@ -233,8 +233,9 @@ def test_stopped_joblib_sweep_ends_every_run_and_says_so_once(
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_sigkill_to_losslab_and_its_side_process_ends_the_run_killed(tmp_path):
+def long_training(tmp_path: Path) -> tuple[MlflowClient, subprocess.Popen, str, int]:
+    """A ``losslab`` run of 100000 epochs, once it has logged some: the store's client, the
+    process, the run's id and the pid of the side process that holds the run."""
     uri = store(tmp_path)
     make_experiment(uri)
     client = MlflowClient(tracking_uri=uri)
@@ -242,7 +243,16 @@ def test_sigkill_to_losslab_and_its_side_process_ends_the_run_killed(tmp_path):
     proc = start([*cmd, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, uri)
     try:
         run_id = training_run(client, proc, set())
-        side = int(client.get_run(run_id).data.tags["losslab.pid"])
+    except BaseException:
+        stop(proc)
+        raise
+    return client, proc, run_id, int(client.get_run(run_id).data.tags["losslab.pid"])
+
+
+@pytest.mark.slow
+def test_sigkill_to_losslab_and_its_side_process_ends_the_run_killed(tmp_path):
+    client, proc, run_id, side = long_training(tmp_path)
+    try:
         assert side != proc.pid  # the side process holds the run
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -257,14 +267,9 @@ def test_sigkill_to_losslab_and_its_side_process_ends_the_run_killed(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
+    client, proc, run_id, holder = long_training(tmp_path)
     uri = store(tmp_path)
-    make_experiment(uri)
-    client = MlflowClient(tracking_uri=uri)
-    cmd = [LOSSLAB, "experiment=reg_mse", *TINY, "trainer.epochs=100000"]
-    proc = start([*cmd, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, uri)
     try:
-        run_id = training_run(client, proc, set())
-        holder = int(client.get_run(run_id).data.tags["losslab.pid"])
         os.kill(holder, signal.SIGKILL)  # the side process first, then the one it serves
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
