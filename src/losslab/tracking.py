@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -605,8 +605,9 @@ class SideProcess:
         if self.ended:
             return
         self.ended = True
-        with contextlib.suppress(Exception):  # a side process that died is reported below
-            wait_for_background()
+        wait(_IN_FLIGHT)  # every message sent (or failed) before this one, never beside it
+        _IN_FLIGHT.clear()
+        with contextlib.suppress(OSError):  # a side process that died is reported below
             self.connection.send(("end", _picklable(error)))
         outcome = None
         try:
