@@ -521,6 +521,51 @@ def test_sigterm_to_losslab_marks_run_killed(tiny_cfg, tracking_uri, tmp_path):
     assert [r.info.status for r in all_runs(tracking_uri)] == ["KILLED"]
 
 
+CHILD_SIDE_DIES = textwrap.dedent(
+    """
+    import os, signal, sys
+    from hydra import compose, initialize_config_dir
+    from losslab import tracking
+    from losslab.app import CONF_DIR
+    from losslab.config import validate
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = validate(compose("config", overrides=["experiment=reg_mse"]))
+    try:
+        with tracking.run(cfg, "cli", beside=True):
+            side = tracking._SIDE.process
+            print("run", tracking.run_record()["run_id"], "held by", side.pid, flush=True)
+            os.kill(side.pid, signal.SIGKILL)
+            side.join()
+            tracking.log_metrics({"after": 1.0})  # queued for a process that is gone
+    except RuntimeError as error:
+        print("raised:", error)
+    """
+)
+
+
+def test_a_side_process_that_dies_fails_the_command_and_leaves_the_run_to_the_doctor(
+    tracking_uri, tmp_path
+):
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD_SIDE_DIES],
+        cwd=tmp_path,
+        env=run_env(tracking_uri),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    started, raised = done.stdout.strip().splitlines()[-2:]
+    _, run_id, _, _, side = started.split()
+    lost = f"the tracking process ended unexpectedly (exit code {-signal.SIGKILL})"
+    assert raised == f"raised: {lost}"
+    run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    assert run.info.status == "RUNNING"  # nobody could end it: losslab-doctor's case
+    assert run.data.tags["losslab.pid"] == side
+    assert "after" not in run.data.metrics
+
+
 # --------------------------------------------------------------------------------------------
 # 5. Concurrent jobs on a fresh store
 # --------------------------------------------------------------------------------------------
