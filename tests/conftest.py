@@ -110,6 +110,15 @@ def run_env(tracking: str) -> dict[str, str]:
     return env
 
 
+def run_command(
+    cmd: list[str], cwd: Path, uri: str, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess:
+    """``cmd`` run to its end in ``cwd`` against the store ``uri``, its output captured."""
+    return subprocess.run(
+        cmd, cwd=cwd, env={**run_env(uri), **env}, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def clone_repo(target: Path) -> Path:
     """A clone of the repo's committed HEAD, as CI and a new user get it."""
     subprocess.run(

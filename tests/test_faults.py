@@ -24,7 +24,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, all_runs, clone_repo, run_env, set_params, wait_for
+from conftest import (
+    REPO_ROOT,
+    all_runs,
+    clone_repo,
+    run_command,
+    run_env,
+    set_params,
+    wait_for,
+)
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -55,14 +63,6 @@ LEFTOVER = re.compile(r"^\.(model\.keras|history\.csv|run\.json|metrics\.json)\.
 
 def store(folder: Path) -> str:
     return f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
-
-
-def run(
-    cmd: list[str], cwd: Path, uri: str, timeout: float = 600, **env: str
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        cmd, cwd=cwd, env={**run_env(uri), **env}, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def output(done: subprocess.CompletedProcess) -> str:
@@ -138,7 +138,7 @@ def repro_clone(tmp_path_factory: pytest.TempPathFactory) -> Repro:
     clone = clone_repo(root / "clone")
     set_params(clone / "params.yaml", **TINY_PARAMS)
     uri = store(root)
-    done = run([DVC, "repro"], clone, uri)
+    done = run_command([DVC, "repro"], clone, uri)
     assert done.returncode == 0, output(done)
     return Repro(clone, uri)
 
@@ -177,7 +177,7 @@ def test_signal_during_training_keeps_outputs_and_repro_recovers(repro_clone, si
     assert running(uri) == []
 
     set_params(params, **{"trainer.epochs": TINY_PARAMS["trainer.epochs"]})
-    repro = run([DVC, "repro"], clone, uri)
+    repro = run_command([DVC, "repro"], clone, uri)
     assert repro.returncode == 0, output(repro)
     assert "Running stage 'train'" in repro.stdout
     recovered = json.loads((clone / "model" / "run.json").read_text())["run_id"]
@@ -186,7 +186,7 @@ def test_signal_during_training_keeps_outputs_and_repro_recovers(repro_clone, si
     assert client.get_run(recovered).data.params["optimizer.learning_rate"] == str(learning_rate)
     assert set(json.loads((clone / "metrics.json").read_text())) == {"train", "test"}
     assert running(uri) == []
-    status = run([DVC, "status"], clone, uri)
+    status = run_command([DVC, "status"], clone, uri)
     assert "Data and pipelines are up to date" in status.stdout, output(status)
 
 
@@ -279,13 +279,13 @@ def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
     orphan = client.get_run(run_id)
     assert orphan.info.status == "RUNNING"  # the fault: nobody ended it
 
-    dry = run([LOSSLAB_DOCTOR, "--dry-run"], tmp_path, uri)
+    dry = run_command([LOSSLAB_DOCTOR, "--dry-run"], tmp_path, uri)
     assert dry.returncode == 0, output(dry)
     assert f"would mark FAILED: run {run_id}" in dry.stdout, output(dry)
     assert f"pid {holder} is gone" in dry.stdout
     assert client.get_run(run_id).info.status == "RUNNING"  # a dry run changes nothing
 
-    fixed = run([LOSSLAB_DOCTOR], tmp_path, uri)
+    fixed = run_command([LOSSLAB_DOCTOR], tmp_path, uri)
     assert fixed.returncode == 0, output(fixed)
     assert f"marked FAILED: run {run_id}" in fixed.stdout, output(fixed)
     assert "losslab-doctor: dvc status" in fixed.stdout
@@ -294,7 +294,7 @@ def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
     assert failed.info.end_time is not None
     assert str(holder) in failed.data.tags["losslab.error"]
 
-    again = run([LOSSLAB_DOCTOR], tmp_path, uri)
+    again = run_command([LOSSLAB_DOCTOR], tmp_path, uri)
     assert again.returncode == 0, output(again)
     assert "no run left RUNNING" in again.stdout, output(again)
     assert "marked FAILED" not in again.stdout
@@ -326,11 +326,11 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> FreshClone:
     locked = {out["path"]: out["md5"] for out in lock["stages"]["generate"]["outs"]}
     uri = store(root)
     own_code = {"PYTHONPATH": str(clone / "src")}
-    where = run(
+    where = run_command(
         [sys.executable, "-c", "import losslab; print(losslab.__file__)"], root, uri, **own_code
     )
-    doctor = run([LOSSLAB_DOCTOR], clone, uri, **own_code)
-    generate = run([DVC, "repro", "generate"], clone, uri, **own_code)
+    doctor = run_command([LOSSLAB_DOCTOR], clone, uri, **own_code)
+    generate = run_command([DVC, "repro", "generate"], clone, uri, **own_code)
     return FreshClone(clone, locked, where.stdout.strip(), doctor, generate)
 
 
@@ -384,7 +384,7 @@ def test_eight_jobs_on_two_workers_on_a_fresh_store(tmp_path):
         f"trainer.epochs={epochs}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    done = run(cmd, tmp_path, uri, timeout=900)
+    done = run_command(cmd, tmp_path, uri, timeout=900)
     assert done.returncode == 0, output(done)
     assert "database is locked" not in (done.stdout + done.stderr).lower()
     runs = all_runs(uri)
@@ -421,16 +421,16 @@ def test_dvc_repro_losslab_and_mlflow_run_give_identical_results(tmp_path, compo
 
     clone = clone_repo(tmp_path / "clone")
     OmegaConf.save(compose_raw(*overrides), clone / "params.yaml")  # the same config
-    by_dvc = run([DVC, "repro"], clone, uri)
+    by_dvc = run_command([DVC, "repro"], clone, uri)
     assert by_dvc.returncode == 0, output(by_dvc)
 
     app_dir = tmp_path / "app"
-    by_app = run([LOSSLAB, *overrides, f"hydra.run.dir={app_dir}"], tmp_path, uri)
+    by_app = run_command([LOSSLAB, *overrides, f"hydra.run.dir={app_dir}"], tmp_path, uri)
     assert by_app.returncode == 0, output(by_app)
 
     mlflow_dir = tmp_path / "mlflow-run"
     joined = " ".join([*overrides, f"hydra.run.dir={mlflow_dir}"])
-    by_mlflow = run(
+    by_mlflow = run_command(
         [MLFLOW, "run", ".", "--env-manager", "local", "--experiment-name", "losslab"]
         + ["-P", f"overrides={joined}"],
         REPO_ROOT,
@@ -476,7 +476,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     root = tmp_path_factory.mktemp("rerun")
     uri = store(root)
     cmd = [LOSSLAB, "experiment=reg_mse", *TINY, "trainer.verbose=2", f"hydra.run.dir={root}/out"]
-    done = run(cmd, root, uri)
+    done = run_command(cmd, root, uri)
     assert done.returncode == 0, output(done)
     (finished,) = all_runs(uri)
     assert finished.info.status == "FINISHED"
@@ -484,7 +484,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
 
 
 def rerun(recorded: Recorded, run_id: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run([LOSSLAB_RERUN, run_id], cwd, recorded.uri)
+    return run_command([LOSSLAB_RERUN, run_id], cwd, recorded.uri)
 
 
 def compared(stdout: str) -> dict[str, str]:

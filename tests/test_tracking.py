@@ -25,7 +25,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, all_runs, mlflow_server, run_env, shrink, wait_for
+from conftest import REPO_ROOT, all_runs, mlflow_server, run_command, run_env, shrink, wait_for
 from mlflow.entities import Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -113,14 +113,7 @@ def app_run(compose_raw, tmp_path_factory) -> AppRun:
         "dataset.n_samples=200",
         "dataset.n_test=100",
     ]
-    done = subprocess.run(
-        [LOSSLAB, *overrides, f"hydra.run.dir={root / 'out'}"],
-        cwd=root,
-        env=run_env(uri),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_command([LOSSLAB, *overrides, f"hydra.run.dir={root / 'out'}"], root, uri)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = all_runs(uri)
     assert len(runs) == 1, f"expected one run, found {len(runs)}"
@@ -547,14 +540,7 @@ CHILD_SIDE_DIES = textwrap.dedent(
 def test_a_side_process_that_dies_fails_the_command_and_leaves_the_run_to_the_doctor(
     tracking_uri, tmp_path
 ):
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD_SIDE_DIES],
-        cwd=tmp_path,
-        env=run_env(tracking_uri),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_command([sys.executable, "-c", CHILD_SIDE_DIES], tmp_path, tracking_uri)
     assert done.returncode == 0, done.stderr[-3000:]
     started, raised = done.stdout.strip().splitlines()[-2:]
     _, run_id, _, _, side = started.split()
