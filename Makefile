@@ -34,7 +34,7 @@ run: $(STAMP)
 
 TEST_WORKERS ?= 2
 
-## test: the fast test set, on TEST_WORKERS processes (6 to 8 minutes on 2 cores)
+## test: the fast test set, on TEST_WORKERS processes (6 to 9 minutes on 2 cores)
 test: $(RAY_STAMP) postgresql
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
