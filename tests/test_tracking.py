@@ -552,6 +552,47 @@ def test_a_side_process_that_dies_fails_the_command_and_leaves_the_run_to_the_do
     assert "after" not in run.data.metrics
 
 
+CHILD_AHEAD = textwrap.dedent(
+    """
+    import sys
+    from hydra import compose, initialize_config_dir
+    from losslab import tracking
+    from losslab.app import CONF_DIR
+    from losslab.config import validate
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = validate(compose("config", overrides=["experiment=reg_mse", *sys.argv[1:]]))
+    with tracking.SideProcess.ahead():
+        ahead = tracking._AHEAD.process
+        with tracking.run(cfg, "cli", beside=True):
+            holder = tracking._SIDE.process.pid if tracking._SIDE else None
+            print("ahead", ahead.pid, "holder", holder, "run", tracking.run_record()["run_id"])
+            print("left waiting:", tracking._AHEAD is not None, ahead.exitcode)
+    """
+)
+
+
+def test_the_side_process_forked_ahead_holds_the_run_or_is_stopped_unused(tracking_uri, tmp_path):
+    tracked = run_command([sys.executable, "-c", CHILD_AHEAD], tmp_path, tracking_uri)
+    assert tracked.returncode == 0, tracked.stderr[-3000:]
+    started, left = tracked.stdout.strip().splitlines()[-2:]
+    _, ahead, _, holder, _, run_id = started.split()
+    assert holder == ahead  # the run took the process forked before the config was read
+    assert left == "left waiting: False None"  # still holding the run
+    run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["losslab.pid"] == ahead
+
+    untracked = run_command(
+        [sys.executable, "-c", CHILD_AHEAD, "tracking.enabled=false"], tmp_path, tracking_uri
+    )
+    assert untracked.returncode == 0, untracked.stderr[-3000:]
+    started, left = untracked.stdout.strip().splitlines()[-2:]
+    assert started.split()[3:] == ["None", "run", "None"]
+    assert left == f"left waiting: False {-signal.SIGKILL}"  # stopped as the run began untracked
+    assert [r.info.run_id for r in all_runs(tracking_uri)] == [run_id]  # no run of its own
+
+
 # --------------------------------------------------------------------------------------------
 # 5. Concurrent jobs on a fresh store
 # --------------------------------------------------------------------------------------------

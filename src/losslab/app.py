@@ -9,6 +9,7 @@ import os
 import string
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -89,8 +90,12 @@ def main() -> float | None:
         with reported_errors("losslab"):
             print(help_text([a for a in arguments if a not in ("-h", "--help")]))
         return None
+    from losslab.tracking import SideProcess
+
+    # a plain single run (overrides only, no Hydra flags) gets its side process at once
+    ahead = SideProcess.ahead() if not any(a.startswith("-") for a in arguments) else nullcontext()
     # Ctrl-C or SIGTERM to a sweep's own process: one line, exit 130, the parent run KILLED
-    with reported_errors("losslab"), sigterm_as_exception():
+    with reported_errors("losslab"), sigterm_as_exception(), ahead:
         return hydra_app()
 
 

@@ -8,6 +8,7 @@ process, so a side process does its MLflow work (see ``tracking.SideProcess``).
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 
 from losslab.cli import reported_errors
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--root", type=Path, default=Path("."), help="folder of the outputs")
     args = parser.parse_args(argv)
-    with reported_errors(f"losslab-stage {args.step}"):
+    from losslab.tracking import SideProcess
+
+    ahead = SideProcess.ahead() if args.step != "generate" else nullcontext()
+    with reported_errors(f"losslab-stage {args.step}"), ahead:
         run_stage(args.step, args.params, args.root)
 
 

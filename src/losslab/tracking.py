@@ -268,6 +268,7 @@ def run(
     active run.
     """
     if not cfg.tracking.enabled:
+        dismiss_ahead()
         with sigterm_as_exception():
             yield None
         return
@@ -547,7 +548,7 @@ class SideProcess:
     ends the run KILLED.
     """
 
-    def __init__(self, run_args: tuple, logs_model: bool) -> None:
+    def __init__(self) -> None:
         import multiprocessing
 
         # Forked before TensorFlow starts its threads, and before anything is logged here (the
@@ -557,9 +558,7 @@ class SideProcess:
         context = multiprocessing.get_context("fork")
         self.connection, side_end = context.Pipe()
         self.process = context.Process(
-            target=_hold,
-            args=(side_end, self.connection, run_args, logs_model),
-            name="losslab-tracking",
+            target=_hold, args=(side_end, self.connection), name="losslab-tracking"
         )
         self.process.start()
         side_end.close()  # the side process's exit then reads as the end of the pipe
@@ -568,11 +567,26 @@ class SideProcess:
 
     @classmethod
     @contextmanager
+    def ahead(cls) -> Iterator[None]:
+        """Fork the side process before the command has read its config, so that it imports
+        MLflow meanwhile; the first :meth:`holding` takes it. Unused (an untracked run, a
+        config error), it is stopped: it has touched no store."""
+        global _AHEAD
+        _AHEAD = cls()
+        try:
+            yield
+        finally:
+            dismiss_ahead()
+
+    @classmethod
+    @contextmanager
     def holding(cls, run_args: tuple, logs_model: bool) -> Iterator[None]:
         """A side process holds the run while the body runs; it ends the run as the body ends."""
-        global _SIDE
-        side = cls(run_args, logs_model)
+        global _SIDE, _AHEAD
+        side, _AHEAD = _AHEAD or cls(), None
         try:
+            with contextlib.suppress(OSError):  # a side process already gone: started() says so
+                side.connection.send((run_args, logs_model))
             import losslab.training  # noqa: F401  TensorFlow, while the side process opens the store
 
             side.record = side.started()
@@ -631,13 +645,26 @@ class SideProcess:
 
 
 _SIDE: SideProcess | None = None
+_AHEAD: SideProcess | None = None
 
 
-def _hold(connection: Any, main_end: Any, run_args: tuple, logs_model: bool) -> None:
+def dismiss_ahead() -> None:
+    """Stop the side process forked ahead if no tracked run has taken it."""
+    global _AHEAD
+    if _AHEAD is not None:
+        _AHEAD.process.kill()
+        _AHEAD.process.join()
+        _AHEAD = None
+
+
+def _hold(connection: Any, main_end: Any) -> None:
     """The side process: hold the run, do what the main process sends, end the run as told."""
     main_end.close()  # so that the main process's exit reads as the end of the pipe
     outcome = None
     try:
+        import mlflow  # noqa: F401  before the run's arguments arrive (see SideProcess.ahead)
+
+        run_args, logs_model = connection.recv()
         with run(*run_args):
             connection.send(("started", run_record()))
             if logs_model:
