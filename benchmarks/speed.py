@@ -13,7 +13,8 @@ One command, one machine, one invocation:
 - B without tracking: the same with ``tracking.enabled=false``.
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
 - One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
-  (5 of each, alternated; the medians), and one longer run (reg_mse on 200 times the samples).
+  (7 of each, alternated; the medians); one pipeline execution, ``dvc repro --force`` in a clone
+  of the repo (3 of each); and one longer run (reg_mse on 200 times the samples, 2 of each).
 - Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers, and how fast the CLI
   answers ``--help`` and a config error.
 
@@ -33,12 +34,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import psutil
+import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
@@ -57,11 +60,14 @@ def reference_presets() -> list[str]:
 class Measured:
     """A command's wall time and the peak RSS of each process of its tree."""
 
-    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.peaks: dict[int, int] = {}
         started = time.perf_counter()
         process = subprocess.Popen(
             command,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -180,25 +186,13 @@ def throughput(folder: Path, workers: int, jobs: int = 8) -> float:
     return 60 * jobs / measured.seconds
 
 
-def single_run(folder: Path, name: str, *overrides: str, repeats: int = 5) -> dict:
-    """Wall time of one ``losslab`` process, tracked and not, on a store that already exists
-    (as it does after the first run): ``repeats`` of each, alternated, and their medians, since
-    one process's time varies by about 10 % from run to run on a 2-core machine."""
-    uri = existing_store(folder, name)
+def overhead(time_one: Callable[[bool], float], repeats: int) -> dict:
+    """Wall times tracked and untracked, ``repeats`` of each, alternated, and their medians,
+    since one process's time varies by about 10 % from run to run on a 2-core machine."""
     samples: dict[str, list[float]] = {"tracked": [], "untracked": []}
-    for repeat in range(repeats):
-        for tracked in ("true", "false"):
-            measured = Measured(
-                [
-                    str(BIN / "losslab"),
-                    *overrides,
-                    "trainer.verbose=0",
-                    f"tracking.enabled={tracked}",
-                    f"hydra.run.dir={folder / f'{name}-{tracked}-{repeat}'}",
-                ],
-                {"MLFLOW_TRACKING_URI": uri},
-            )
-            samples["tracked" if tracked == "true" else "untracked"].append(measured.seconds)
+    for _ in range(repeats):
+        for tracked in (True, False):
+            samples["tracked" if tracked else "untracked"].append(time_one(tracked))
     tracked_s, untracked_s = (statistics.median(samples[k]) for k in ("tracked", "untracked"))
     return {
         "tracked_s": tracked_s,
@@ -206,6 +200,42 @@ def single_run(folder: Path, name: str, *overrides: str, repeats: int = 5) -> di
         "tracking_overhead_percent": 100 * (tracked_s / untracked_s - 1),
         "samples_s": samples,
     }
+
+
+def single_run(folder: Path, name: str, *overrides: str, repeats: int = 7) -> dict:
+    """One ``losslab`` process, tracked and not, on a store that already exists (as it does
+    after the first run)."""
+    uri = existing_store(folder, name)
+    runs = iter(range(2 * repeats))
+
+    def time_one(tracked: bool) -> float:
+        run_dir = folder / f"{name}-{next(runs)}"
+        command = [str(BIN / "losslab"), *overrides, "trainer.verbose=0"]
+        command += [f"tracking.enabled={str(tracked).lower()}", f"hydra.run.dir={run_dir}"]
+        return Measured(command, {"MLFLOW_TRACKING_URI": uri}).seconds
+
+    return overhead(time_one, repeats)
+
+
+def pipeline_run(folder: Path, repeats: int = 3) -> dict:
+    """``dvc repro --force`` of the default params.yaml in a clone of the repo, tracked and not:
+    one pipeline execution is one run, started by train and added to by evaluate and plot."""
+    clone = folder / "pipeline"
+    subprocess.run(["git", "clone", "--quiet", str(HERE.parent), str(clone)], check=True)
+    env = {
+        "MLFLOW_TRACKING_URI": existing_store(folder, "pipeline"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the stages' losslab-stage
+    }
+    params = clone / "params.yaml"
+    default = yaml.safe_load(params.read_text())
+    Measured([str(BIN / "dvc"), "repro"], env, clone)  # the first execution fills DVC's cache
+
+    def time_one(tracked: bool) -> float:
+        changed = {**default, "tracking": {**default["tracking"], "enabled": tracked}}
+        params.write_text(yaml.safe_dump(changed, sort_keys=False))
+        return Measured([str(BIN / "dvc"), "repro", "--force"], env, clone).seconds
+
+    return overhead(time_one, repeats)
 
 
 def cli_latency() -> dict[str, float]:
@@ -281,6 +311,7 @@ def main() -> None:
         scaling = json.loads(scaling_out.read_text())
         jobs_per_minute = {n: throughput(folder, n) for n in (1, 2)}
         single = single_run(folder, "single", "experiment=separable_hinge")
+        pipeline = pipeline_run(folder)
         long_run = single_run(
             folder, "long", "experiment=reg_mse", "dataset.n_samples=200000", repeats=2
         )
@@ -328,6 +359,7 @@ def main() -> None:
         },
         "jobs_per_minute_by_workers": jobs_per_minute,
         "single_run": single,
+        "pipeline_run": pipeline,
         "long_run": long_run,
         "cli_seconds": latency,
         "spread_check": spread_check(spreads, jobs),
@@ -369,6 +401,7 @@ def report(r: dict) -> None:
             f"untracked ({r[key]['tracking_overhead_percent']:.1f} %)"
             for key, label in (
                 ("single_run", "one run (separable_hinge)"),
+                ("pipeline_run", "one pipeline execution (dvc repro --force)"),
                 ("long_run", "one longer run (reg_mse, 200 000 samples)"),
             )
         )
