@@ -2,7 +2,7 @@
 
 One command, one machine, one invocation:
 
-    python benchmarks/speed.py            (about 22 minutes on 2 cores)
+    python benchmarks/speed.py            (about 30 minutes on 2 cores)
 
 - A, reference: each of the 11 reference experiments as the tutorials write it
   (benchmarks/tutorial_style.py), one fresh process each, one after the other, no tracking;
@@ -10,7 +10,9 @@ One command, one machine, one invocation:
 - B, losslab: ``losslab -m study=seeds hydra.sweeper.params.seed=0`` (one repetition of the
   study), MLflow tracking, plots and the study report included, into a SQLite store that exists
   (as it does after ``make run``); once more into a fresh store, which adds creating its schema.
-- B without tracking: the same with ``tracking.enabled=false``.
+- B without tracking: the same with ``tracking.enabled=false``. B runs 3 times tracked and 3
+  times not, alternated, and reports the medians (and the per-experiment times of the median
+  tracked study): one study's time varies by 10 to 20 % from run to run on a 2-core machine.
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
 - One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
   (7 of each, alternated; the medians); one pipeline execution, ``dvc repro --force`` in a clone
@@ -149,6 +151,11 @@ def run_study(folder: Path, name: str, *extra: str, fresh: bool = False) -> tupl
     )
     print(f"  {name:26s} {measured.seconds:6.1f} s", flush=True)
     return measured, uri
+
+
+def median_study(studies: list[tuple[Measured, str]]) -> tuple[Measured, str]:
+    """The study of median wall time (its store holds that study's runs)."""
+    return sorted(studies, key=lambda study: study[0].seconds)[len(studies) // 2]
 
 
 def study_runs(uri: str) -> dict[str, dict]:
@@ -297,9 +304,17 @@ def main() -> None:
         configs = write_configs(folder, presets, seed=0)
         print("A, reference (tutorial-style scripts, one process each):", flush=True)
         reference = run_reference(configs, folder, timed=True, repeat=0)
-        print("B, losslab study:", flush=True)
-        tracked, uri = run_study(folder, "B-losslab")
-        untracked, _ = run_study(folder, "B-without-tracking", "tracking.enabled=false")
+        print("B, losslab study (3 times tracked and 3 times not, alternated):", flush=True)
+        studies: dict[bool, list[tuple[Measured, str]]] = {True: [], False: []}
+
+        def time_study(tracked: bool) -> float:
+            name = f"B-{'losslab' if tracked else 'without-tracking'}-{len(studies[tracked])}"
+            extra = () if tracked else ("tracking.enabled=false",)
+            studies[tracked].append(run_study(folder, name, *extra))
+            return studies[tracked][-1][0].seconds
+
+        study_samples = overhead(time_study, repeats=3)["samples_s"]
+        (tracked, uri), (untracked, _) = (median_study(studies[k]) for k in (True, False))
         fresh, _ = run_study(folder, "B-fresh-store", fresh=True)
         jobs = study_runs(uri)
         print("C, compiled floor; scaling; throughput; CLI:", flush=True)
@@ -343,6 +358,7 @@ def main() -> None:
         "b_total_s": tracked.seconds,
         "b_without_tracking_s": untracked.seconds,
         "b_fresh_store_s": fresh.seconds,
+        "b_samples_s": study_samples,
         "a_over_b": a_total / tracked.seconds,
         "tracking_overhead_percent": 100
         * (tracked.seconds - untracked.seconds)
