@@ -11,8 +11,8 @@ One command, one machine, one invocation:
   study), MLflow tracking, plots and the study report included, into a SQLite store that exists
   (as it does after ``make run``); once more into a fresh store, which adds creating its schema.
 - B without tracking: the same with ``tracking.enabled=false``. B runs 3 times tracked and 3
-  times not, alternated, and reports the medians (and the per-experiment times of the median
-  tracked study): one study's time varies by 10 to 20 % from run to run on a 2-core machine.
+  times not, alternated, and reports the medians (per experiment too, over the 3 tracked
+  studies): one study's time varies by 10 to 20 % from run to run on a 2-core machine.
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
 - One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
   (7 of each, alternated; the medians); one pipeline execution, ``dvc repro --force`` in a clone
@@ -153,9 +153,9 @@ def run_study(folder: Path, name: str, *extra: str, fresh: bool = False) -> tupl
     return measured, uri
 
 
-def median_study(studies: list[tuple[Measured, str]]) -> tuple[Measured, str]:
-    """The study of median wall time (its store holds that study's runs)."""
-    return sorted(studies, key=lambda study: study[0].seconds)[len(studies) // 2]
+def median_study(studies: list[tuple[Measured, str]]) -> Measured:
+    """The study of median wall time, whose peak RSS is reported with it."""
+    return sorted((study for study, _ in studies), key=lambda m: m.seconds)[len(studies) // 2]
 
 
 def study_runs(uri: str) -> dict[str, dict]:
@@ -174,6 +174,16 @@ def study_runs(uri: str) -> dict[str, dict]:
             **{k: v for k, v in metrics.items() if k in ("test_loss", "test_accuracy", "test_mse")},
         }
     return jobs
+
+
+def median_jobs(uris: list[str]) -> dict[str, dict]:
+    """Per preset, the median of each figure over several studies' stores (the test metrics
+    are the same in each: the runs are deterministic)."""
+    studies = [study_runs(uri) for uri in uris]
+    return {
+        preset: {key: statistics.median(study[preset][key] for study in studies) for key in job}
+        for preset, job in studies[0].items()
+    }
 
 
 def throughput(folder: Path, workers: int, jobs: int = 8) -> float:
@@ -314,9 +324,9 @@ def main() -> None:
             return studies[tracked][-1][0].seconds
 
         study_samples = overhead(time_study, repeats=3)["samples_s"]
-        (tracked, uri), (untracked, _) = (median_study(studies[k]) for k in (True, False))
+        tracked, untracked = (median_study(studies[k]) for k in (True, False))
         fresh, _ = run_study(folder, "B-fresh-store", fresh=True)
-        jobs = study_runs(uri)
+        jobs = median_jobs([uri for _, uri in studies[True]])
         print("C, compiled floor; scaling; throughput; CLI:", flush=True)
         floor_out = folder / "floor.json"
         Measured([sys.executable, str(HERE / "floor.py"), *configs.values(), floor_out])
