@@ -200,11 +200,11 @@ def draw(
 
 
 def _curves(client: Any, configurations: list[Configuration], dataset: str, out_dir: Path) -> Path:
-    from losslab.plots import plt, save_figure, spans_decades
+    from losslab.plots import save_figure, spans_decades, subplots
 
     found = [c for c in configurations if c.dataset == dataset]
     names = ["val_loss", f"val_{found[0].metric}"]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = subplots(1, 2, figsize=(11, 4))
     for axis, name in zip(axes, names, strict=True):
         everything = []
         for c in found:
@@ -225,9 +225,9 @@ def _curves(client: Any, configurations: list[Configuration], dataset: str, out_
 
 
 def _test_metric(configurations: list[Configuration], datasets: list[str], out_dir: Path) -> Path:
-    from losslab.plots import plt, save_figure
+    from losslab.plots import save_figure, subplots
 
-    figure, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 4), squeeze=False)
+    figure, axes = subplots(1, len(datasets), figsize=(4.5 * len(datasets), 4), squeeze=False)
     for axis, dataset in zip(axes[0], datasets, strict=True):
         found = [c for c in configurations if c.dataset == dataset and c.values.size]
         means = [c.values.mean() for c in found]
