@@ -458,7 +458,8 @@ def draw(r: dict, target: Path) -> None:
     per_run.set_yscale("log")
     per_run.set_xticks(position, presets, rotation=40, ha="right")
     per_run.set(ylabel="seconds (log)", title="per experiment")
-    per_run.legend(fontsize=8)
+    per_run.set_ylim(top=per_run.get_ylim()[1] * 10)  # room for the legend above the bars
+    per_run.legend(fontsize=8, loc="upper center", ncols=3)
     bars = {
         "A": r["a_total_s"],
         "B": r["b_total_s"],
@@ -468,6 +469,7 @@ def draw(r: dict, target: Path) -> None:
     for i, value in enumerate(bars.values()):
         total.text(i, value, f"{value:.0f} s", ha="center", va="bottom")
     total.set(title=f"whole study: A/B = {r['a_over_b']:.1f}", ylabel="seconds")
+    total.margins(y=0.12)  # room for the labels above the bars
     by_n = r["scaling"]["seconds_by_n_samples"]
     scale.loglog(
         [float(k) for k in by_n], list(by_n.values()), "o-", label="2 epochs, by n_samples"
