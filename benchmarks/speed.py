@@ -2,7 +2,7 @@
 
 One command, one machine, one invocation:
 
-    python benchmarks/speed.py            (about 30 minutes on 2 cores)
+    python benchmarks/speed.py            (about 35 minutes on 2 cores)
 
 - A, reference: each of the 11 reference experiments as the tutorials write it
   (benchmarks/tutorial_style.py), one fresh process each, one after the other, no tracking;
@@ -16,7 +16,7 @@ One command, one machine, one invocation:
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
 - One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
   (7 of each, alternated; the medians); one pipeline execution, ``dvc repro --force`` in a clone
-  of the repo (3 of each); and one longer run (reg_mse on 200 times the samples, 2 of each).
+  of the repo (5 of each); and one longer run (reg_mse on 200 times the samples, 3 of each).
 - Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers, and how fast the CLI
   answers ``--help`` and a config error.
 
@@ -234,7 +234,7 @@ def single_run(folder: Path, name: str, *overrides: str, repeats: int = 7) -> di
     return overhead(time_one, repeats)
 
 
-def pipeline_run(folder: Path, repeats: int = 3) -> dict:
+def pipeline_run(folder: Path, repeats: int = 5) -> dict:
     """``dvc repro --force`` of the default params.yaml in a clone of the repo, tracked and not:
     one pipeline execution is one run, started by train and added to by evaluate and plot."""
     clone = folder / "pipeline"
@@ -338,7 +338,7 @@ def main() -> None:
         single = single_run(folder, "single", "experiment=separable_hinge")
         pipeline = pipeline_run(folder)
         long_run = single_run(
-            folder, "long", "experiment=reg_mse", "dataset.n_samples=200000", repeats=2
+            folder, "long", "experiment=reg_mse", "dataset.n_samples=200000", repeats=3
         )
         latency = cli_latency()
         print(f"A {args.repeats - 1} more times, for the spread:", flush=True)

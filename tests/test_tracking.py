@@ -293,6 +293,39 @@ def test_logged_model_loads_without_losslab(app_run, tmp_path):
     assert np.allclose(np.load(target), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_logged_model_folder_is_the_one_mlflow_keras_writes(app_run, tmp_path):
+    """The process that holds a run files the model without importing Keras
+    (``tracking._KerasFile``): its folder must be what ``mlflow.keras.save_model`` writes."""
+    import keras
+
+    mlflow.set_tracking_uri(app_run.uri)
+    ours = Path(
+        mlflow.artifacts.download_artifacts(_model_uri(app_run), dst_path=str(tmp_path / "ours"))
+    )
+    model = keras.models.load_model(ours / "data" / "model.keras")
+    example = np.load(app_run.out / "data" / "dataset.npz")["x_test"][:5]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()  # mlflow.keras writes the input example before it creates the folder
+    mlflow.keras.save_model(
+        model,
+        str(theirs),
+        signature=mlflow.models.infer_signature(example, model.predict(example, verbose=0)),
+        input_example=example,
+        pip_requirements=(ours / "requirements.txt").read_text().splitlines(),
+    )
+
+    def files(folder: Path) -> set[str]:
+        return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+    assert files(ours) - {"registered_model_meta"} == files(theirs)  # that one is Model.log's
+    for name in files(theirs) - {"MLmodel", "data/model.keras"}:
+        assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+    described, expected = (yaml.safe_load((d / "MLmodel").read_text()) for d in (ours, theirs))
+    for key in ("flavors", "signature", "saved_input_example_info"):
+        assert described[key] == expected[key], key
+    assert abs(described["model_size_bytes"] - expected["model_size_bytes"]) < 1000
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Param flattening and MLflow's limits
 # --------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
     write_json(layout.run_info, tracking.run_record())
     tracking.log_artifact(layout.history, "history")
     tracking.log_artifact(layout.data_meta, "data")
-    tracking.log_model(layout.model, data.x_test)
+    tracking.log_model(result.model, data.x_test)
     return result.model
 
 

@@ -19,9 +19,11 @@ import os
 import pickle
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -253,7 +255,6 @@ def run(
     describe: bool = True,
     extra_tags: dict[str, str] | None = None,
     beside: bool = False,
-    logs_model: bool = False,
 ) -> Iterator[mlflow.ActiveRun | None]:
     """Start (or, with ``run_id``, resume) a run and end it as FINISHED, FAILED or KILLED.
 
@@ -263,9 +264,8 @@ def run(
     with the error in the ``losslab.error`` tag, Ctrl-C and SIGTERM mark it KILLED. With
     ``tracking.enabled: false`` no run is started and the log functions below do nothing.
 
-    ``beside`` hands the run to a side process (:class:`SideProcess`; ``logs_model`` readies
-    it for :func:`log_model`) and yields None; otherwise this process logs and yields the
-    active run.
+    ``beside`` hands the run to a side process (:class:`SideProcess`) and yields None;
+    otherwise this process logs and yields the active run.
     """
     if not cfg.tracking.enabled:
         dismiss_ahead()
@@ -275,9 +275,7 @@ def run(
     if beside:
         with (
             sigterm_as_exception(),
-            SideProcess.holding(
-                (cfg, entry_point, list(overrides), run_id, describe, extra_tags), logs_model
-            ),
+            SideProcess.holding((cfg, entry_point, list(overrides), run_id, describe, extra_tags)),
         ):
             yield None
         return
@@ -416,9 +414,25 @@ def log_dataset(meta: dict[str, Any], source: Path) -> None:
     _log("dataset", meta, str(source.resolve()))
 
 
-def log_model(saved: Path, example: Any) -> None:
-    """The Keras model saved at ``saved``, with its signature and an input example."""
-    _log("model", str(saved), example[:5])
+def log_model(model: Any, example: Any) -> None:
+    """The trained Keras model, with its signature and an input example.
+
+    This process has Keras, so it saves the model for MLflow (without its compile settings: it
+    predicts the same, and it loads anywhere without losslab's custom metrics importable) and
+    predicts the example; the process that holds the run files them without Keras
+    (:class:`_KerasFile`), so a side process never imports TensorFlow.
+    """
+    if not active_run_id():
+        return
+    import keras
+
+    folder = tempfile.mkdtemp(prefix="losslab-model-")
+    plain = type(model).from_config(model.get_config())  # the layers alone, never compiled
+    plain.set_weights(model.get_weights())
+    plain.save(os.path.join(folder, _KerasFile.file))
+    example = example[:5]
+    prediction = keras.ops.convert_to_numpy(model(example))
+    _log("model", folder, example, prediction, keras.backend.backend())
 
 
 def _log(name: str, *args: Any) -> None:
@@ -473,36 +487,77 @@ def _log_dataset_here(meta: dict[str, Any], source: str) -> None:
     _log_batch_in_background(active_run_id(), tags=[RunTag("losslab.data_hash", meta["sha256"])])
 
 
-class _KerasSaver:
-    """``mlflow.keras`` with the model folder created before the input example is written.
+class _KerasFile:
+    """An ``mlflow.keras`` flavor for a model Keras has already saved: the folder
+    ``mlflow.keras.save_model`` writes, file for file, without importing Keras (and TensorFlow
+    with it, 4 s of CPU that a side process would add after the training). ``Model.log``
+    accepts any object with a ``save_model`` as the flavor.
 
-    mlflow.keras.save_model writes ``input_example.json`` into the folder before it creates it
-    (mlflow#16183); ``Model.log`` accepts any object with a ``save_model`` as the flavor.
+    It also creates the folder before writing the input example into it, which
+    ``mlflow.keras.save_model`` does the other way round (mlflow#16183).
     """
 
     __name__ = "mlflow.keras"
+    file = "model.keras"
 
     @staticmethod
-    def save_model(path: str, validate_serving_input: bool = False, **kwargs: Any) -> None:
-        import mlflow.keras
+    def save_model(
+        path: str,
+        mlflow_model: Any,
+        saved: str,
+        signature: Any,
+        input_example: Any,
+        pip_requirements: list[str],
+        keras_backend: str,
+        validate_serving_input: bool = False,
+    ) -> None:
+        import yaml
+        from mlflow import pyfunc
+        from mlflow.models.model import MLMODEL_FILE_NAME
+        from mlflow.models.utils import _save_example
+        from mlflow.utils.environment import (
+            _CONDA_ENV_FILE_NAME,
+            _PYTHON_ENV_FILE_NAME,
+            _REQUIREMENTS_FILE_NAME,
+            _process_pip_requirements,
+            _PythonEnv,
+        )
+        from mlflow.utils.file_utils import get_total_file_size, write_to
 
-        os.makedirs(path, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
+        data = os.path.join(path, "data")
+        os.makedirs(data)
+        mlflow_model.signature = signature
+        _save_example(mlflow_model, input_example, path)
+        shutil.copyfile(saved, os.path.join(data, _KerasFile.file))
+        write_to(os.path.join(data, "keras_module.txt"), "keras")
+        mlflow_model.add_flavor(
+            "keras",
+            data="data",
+            keras_version=metadata.version("keras"),
+            keras_backend=keras_backend,
+            save_exported_model=False,
+        )
+        pyfunc.add_to_model(
+            mlflow_model,
+            loader_module="mlflow.keras",
+            conda_env=_CONDA_ENV_FILE_NAME,
+            python_env=_PYTHON_ENV_FILE_NAME,
+        )
+        mlflow_model.model_size_bytes = get_total_file_size(path)
+        mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+        conda_env, requirements, _ = _process_pip_requirements(None, pip_requirements)
+        with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
+            yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
+        write_to(os.path.join(path, _REQUIREMENTS_FILE_NAME), "\n".join(requirements))
+        _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
 
 
-def _log_model_here(saved: str, example: Any) -> None:
-    """Log the saved model from the background thread (saving it overlaps with evaluation and
-    plotting; :func:`run` waits for it).
-
-    MLflow gets it loaded without its compile settings: it predicts the same, and it loads
-    anywhere without losslab's custom metrics being importable.
-    """
-    import keras
+def _log_model_here(folder: str, example: Any, prediction: Any, keras_backend: str) -> None:
+    """File the model :func:`log_model` saved in ``folder`` from the background thread (it
+    overlaps with evaluation and plotting; :func:`run` waits for it), then remove the folder."""
     import mlflow
     from mlflow.models import Model, infer_signature
 
-    model = keras.saving.load_model(saved, compile=False)
-    signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
     # created here, where the run is active: the background thread has no active run and would
     # file the model under the Default experiment
     run = mlflow.active_run()
@@ -516,15 +571,23 @@ def _log_model_here(saved: str, example: Any) -> None:
         run_id=run.info.run_id,
         model_id=logged.model_id,
         name="model",
-        flavor=_KerasSaver,
+        flavor=_KerasFile,
         flavor_name="mlflow.keras",
-        model=model,
-        signature=signature,
+        saved=os.path.join(folder, _KerasFile.file),
+        signature=infer_signature(example, prediction),
         input_example=example,
         pip_requirements=requirements,
+        keras_backend=keras_backend,
         validate_serving_input=False,  # reloading to predict costs more than a short run
     )
-    _IN_FLIGHT.append(_SENDER.submit(log))
+
+    def log_and_remove() -> None:
+        try:
+            log()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    _IN_FLIGHT.append(_SENDER.submit(log_and_remove))
 
 
 _LOG_HERE = {
@@ -539,9 +602,10 @@ class SideProcess:
     """A forked process that holds the run and does all of its MLflow work, for a command that
     starts fresh (one ``losslab`` run, a DVC stage).
 
-    Importing MLflow and opening the store cost such a process about 2 s, and logging the model
-    about 1 s more; in a side process they run on another core, beside this process's
-    TensorFlow import and training instead of after them. The side process runs :func:`run`
+    Importing MLflow and opening the store cost such a process about 2 s; in a side process
+    they run on another core, beside this process's TensorFlow import and training instead of
+    after them. The side process never imports TensorFlow (:func:`log_model`), so it has less
+    to do than this process and finishes with it. The side process runs :func:`run`
     and the same log functions as this process would, on what :func:`_log` sends it, so the run
     holds the same either way. A store it cannot use is reported before any output is written;
     an error it meets while logging, when the run ends; if this process dies, the side process
@@ -580,13 +644,13 @@ class SideProcess:
 
     @classmethod
     @contextmanager
-    def holding(cls, run_args: tuple, logs_model: bool) -> Iterator[None]:
+    def holding(cls, run_args: tuple) -> Iterator[None]:
         """A side process holds the run while the body runs; it ends the run as the body ends."""
         global _SIDE, _AHEAD
         side, _AHEAD = _AHEAD or cls(), None
         try:
             with contextlib.suppress(OSError):  # a side process already gone: started() says so
-                side.connection.send((run_args, logs_model))
+                side.connection.send(run_args)
             import losslab.training  # noqa: F401  TensorFlow, while the side process opens the store
 
             side.record = side.started()
@@ -664,11 +728,9 @@ def _hold(connection: Any, main_end: Any) -> None:
     try:
         import mlflow  # noqa: F401  before the run's arguments arrive (see SideProcess.ahead)
 
-        run_args, logs_model = connection.recv()
+        run_args = connection.recv()
         with run(*run_args):
             connection.send(("started", run_record()))
-            if logs_model:
-                import losslab.training  # noqa: F401  Keras, ready before the model arrives
             while (message := _next(connection))[0] != "end":
                 name, args = message
                 _LOG_HERE[name](*args)
