@@ -255,6 +255,7 @@ def run(
     describe: bool = True,
     extra_tags: dict[str, str] | None = None,
     beside: bool = False,
+    logs_model: bool = False,
 ) -> Iterator[mlflow.ActiveRun | None]:
     """Start (or, with ``run_id``, resume) a run and end it as FINISHED, FAILED or KILLED.
 
@@ -264,8 +265,9 @@ def run(
     with the error in the ``losslab.error`` tag, Ctrl-C and SIGTERM mark it KILLED. With
     ``tracking.enabled: false`` no run is started and the log functions below do nothing.
 
-    ``beside`` hands the run to a side process (:class:`SideProcess`) and yields None;
-    otherwise this process logs and yields the active run.
+    ``beside`` hands the run to a side process (:class:`SideProcess`; ``logs_model`` has it
+    prepare the model's environment files while it waits) and yields None; otherwise this
+    process logs and yields the active run.
     """
     if not cfg.tracking.enabled:
         dismiss_ahead()
@@ -275,7 +277,9 @@ def run(
     if beside:
         with (
             sigterm_as_exception(),
-            SideProcess.holding((cfg, entry_point, list(overrides), run_id, describe, extra_tags)),
+            SideProcess.holding(
+                (cfg, entry_point, list(overrides), run_id, describe, extra_tags), logs_model
+            ),
         ):
             yield None
         return
@@ -487,6 +491,18 @@ def _log_dataset_here(meta: dict[str, Any], source: str) -> None:
     _log_batch_in_background(active_run_id(), tags=[RunTag("losslab.data_hash", meta["sha256"])])
 
 
+@functools.cache
+def _model_environment() -> tuple[dict, list[str]]:
+    """The logged model's conda environment and pip requirements: the versions installed here
+    of what it needs to load. MLflow checks them against every installed package, which takes
+    0.3 s and more the first time in a process."""
+    from mlflow.utils.environment import _process_pip_requirements
+
+    pins = [f"{p}=={metadata.version(p)}" for p in ("keras", "tensorflow-cpu", "numpy")]
+    conda_env, requirements, _ = _process_pip_requirements(None, pins)
+    return conda_env, requirements
+
+
 class _KerasFile:
     """An ``mlflow.keras`` flavor for a model Keras has already saved: the folder
     ``mlflow.keras.save_model`` writes, file for file, without importing Keras (and TensorFlow
@@ -507,7 +523,6 @@ class _KerasFile:
         saved: str,
         signature: Any,
         input_example: Any,
-        pip_requirements: list[str],
         keras_backend: str,
         validate_serving_input: bool = False,
     ) -> None:
@@ -519,7 +534,6 @@ class _KerasFile:
             _CONDA_ENV_FILE_NAME,
             _PYTHON_ENV_FILE_NAME,
             _REQUIREMENTS_FILE_NAME,
-            _process_pip_requirements,
             _PythonEnv,
         )
         from mlflow.utils.file_utils import get_total_file_size, write_to
@@ -545,7 +559,7 @@ class _KerasFile:
         )
         mlflow_model.model_size_bytes = get_total_file_size(path)
         mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
-        conda_env, requirements, _ = _process_pip_requirements(None, pip_requirements)
+        conda_env, requirements = _model_environment()
         with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
             yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
         write_to(os.path.join(path, _REQUIREMENTS_FILE_NAME), "\n".join(requirements))
@@ -564,7 +578,6 @@ def _log_model_here(folder: str, example: Any, prediction: Any, keras_backend: s
     logged = mlflow.initialize_logged_model(
         name="model", source_run_id=run.info.run_id, experiment_id=run.info.experiment_id
     )
-    requirements = [f"{p}=={metadata.version(p)}" for p in ("keras", "tensorflow-cpu", "numpy")]
     log = functools.partial(
         Model.log,
         artifact_path=None,
@@ -576,7 +589,6 @@ def _log_model_here(folder: str, example: Any, prediction: Any, keras_backend: s
         saved=os.path.join(folder, _KerasFile.file),
         signature=infer_signature(example, prediction),
         input_example=example,
-        pip_requirements=requirements,
         keras_backend=keras_backend,
         validate_serving_input=False,  # reloading to predict costs more than a short run
     )
@@ -644,13 +656,13 @@ class SideProcess:
 
     @classmethod
     @contextmanager
-    def holding(cls, run_args: tuple) -> Iterator[None]:
+    def holding(cls, run_args: tuple, logs_model: bool) -> Iterator[None]:
         """A side process holds the run while the body runs; it ends the run as the body ends."""
         global _SIDE, _AHEAD
         side, _AHEAD = _AHEAD or cls(), None
         try:
             with contextlib.suppress(OSError):  # a side process already gone: started() says so
-                side.connection.send(run_args)
+                side.connection.send((run_args, logs_model))
             import losslab.training  # noqa: F401  TensorFlow, while the side process opens the store
 
             side.record = side.started()
@@ -728,9 +740,11 @@ def _hold(connection: Any, main_end: Any) -> None:
     try:
         import mlflow  # noqa: F401  before the run's arguments arrive (see SideProcess.ahead)
 
-        run_args = connection.recv()
+        run_args, logs_model = connection.recv()
         with run(*run_args):
             connection.send(("started", run_record()))
+            if logs_model:  # not after the training, when the model arrives
+                _IN_FLIGHT.append(_SENDER.submit(_model_environment))
             while (message := _next(connection))[0] != "end":
                 name, args = message
                 _LOG_HERE[name](*args)
