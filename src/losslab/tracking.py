@@ -524,7 +524,7 @@ class _KerasFile:
         signature: Any,
         input_example: Any,
         keras_backend: str,
-        validate_serving_input: bool = False,
+        validate_serving_input: bool = False,  # Model.log's own option, given to every flavor
     ) -> None:
         import yaml
         from mlflow import pyfunc
