@@ -45,9 +45,7 @@ def run(
     from losslab.storage import read_history_csv
 
     layout = steps.Layout(Path(output_dir))
-    with tracking.run(
-        cfg, entry_point, overrides, extra_tags=extra_tags, beside=beside, logs_model=True
-    ):
+    with tracking.run(cfg, entry_point, overrides, extra_tags=extra_tags, beside=beside):
         steps.generate(cfg, layout)
         model = steps.train(cfg, layout)
         results = steps.evaluate(cfg, layout, model)

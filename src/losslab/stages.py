@@ -29,7 +29,7 @@ def run_stage(step: str, params: Path, root: Path) -> None:
     from losslab import tracking
 
     if step == "train":
-        with tracking.run(cfg, "dvc", beside=True, logs_model=True):
+        with tracking.run(cfg, "dvc", beside=True):
             steps.train(cfg, layout)
         return
     run_id = read_json(layout.run_info).get("run_id")

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRUNCATED = "...[truncated]"
+_MODEL_REQUIREMENTS = ("mlflow", "keras", "tensorflow-cpu", "numpy")  # what a logged model needs
 _VERSIONED = ("tensorflow-cpu", "keras", "mlflow", "hydra-core", "dvc", "numpy", "scikit-learn")
 
 
@@ -255,7 +256,6 @@ def run(
     describe: bool = True,
     extra_tags: dict[str, str] | None = None,
     beside: bool = False,
-    logs_model: bool = False,
 ) -> Iterator[mlflow.ActiveRun | None]:
     """Start (or, with ``run_id``, resume) a run and end it as FINISHED, FAILED or KILLED.
 
@@ -265,9 +265,8 @@ def run(
     with the error in the ``losslab.error`` tag, Ctrl-C and SIGTERM mark it KILLED. With
     ``tracking.enabled: false`` no run is started and the log functions below do nothing.
 
-    ``beside`` hands the run to a side process (:class:`SideProcess`; ``logs_model`` has it
-    prepare the model's environment files while it waits) and yields None; otherwise this
-    process logs and yields the active run.
+    ``beside`` hands the run to a side process (:class:`SideProcess`) and yields None;
+    otherwise this process logs and yields the active run.
     """
     if not cfg.tracking.enabled:
         dismiss_ahead()
@@ -277,9 +276,7 @@ def run(
     if beside:
         with (
             sigterm_as_exception(),
-            SideProcess.holding(
-                (cfg, entry_point, list(overrides), run_id, describe, extra_tags), logs_model
-            ),
+            SideProcess.holding((cfg, entry_point, list(overrides), run_id, describe, extra_tags)),
         ):
             yield None
         return
@@ -493,14 +490,13 @@ def _log_dataset_here(meta: dict[str, Any], source: str) -> None:
 
 @functools.cache
 def _model_environment() -> tuple[dict, list[str]]:
-    """The logged model's conda environment and pip requirements: the versions installed here
-    of what it needs to load. MLflow checks them against every installed package, which takes
-    0.3 s and more the first time in a process."""
-    from mlflow.utils.environment import _process_pip_requirements
+    """The logged model's conda environment and pip requirements: the installed versions of
+    what it needs to load. ``mlflow.keras`` would also check its requirements against every
+    installed package (0.3 to 0.8 s of CPU per process); these are the installed versions."""
+    from mlflow.utils.environment import _mlflow_conda_env
 
-    pins = [f"{p}=={metadata.version(p)}" for p in ("keras", "tensorflow-cpu", "numpy")]
-    conda_env, requirements, _ = _process_pip_requirements(None, pins)
-    return conda_env, requirements
+    requirements = [f"{p}=={metadata.version(p)}" for p in _MODEL_REQUIREMENTS]
+    return _mlflow_conda_env(additional_pip_deps=requirements, install_mlflow=False), requirements
 
 
 class _KerasFile:
@@ -656,13 +652,13 @@ class SideProcess:
 
     @classmethod
     @contextmanager
-    def holding(cls, run_args: tuple, logs_model: bool) -> Iterator[None]:
+    def holding(cls, run_args: tuple) -> Iterator[None]:
         """A side process holds the run while the body runs; it ends the run as the body ends."""
         global _SIDE, _AHEAD
         side, _AHEAD = _AHEAD or cls(), None
         try:
             with contextlib.suppress(OSError):  # a side process already gone: started() says so
-                side.connection.send((run_args, logs_model))
+                side.connection.send(run_args)
             import losslab.training  # noqa: F401  TensorFlow, while the side process opens the store
 
             side.record = side.started()
@@ -740,11 +736,8 @@ def _hold(connection: Any, main_end: Any) -> None:
     try:
         import mlflow  # noqa: F401  before the run's arguments arrive (see SideProcess.ahead)
 
-        run_args, logs_model = connection.recv()
-        with run(*run_args):
+        with run(*connection.recv()):
             connection.send(("started", run_record()))
-            if logs_model:  # not after the training, when the model arrives
-                _IN_FLIGHT.append(_SENDER.submit(_model_environment))
             while (message := _next(connection))[0] != "end":
                 name, args = message
                 _LOG_HERE[name](*args)
