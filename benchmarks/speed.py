@@ -13,6 +13,9 @@ One command, one machine, one invocation:
 - B without tracking: the same with ``tracking.enabled=false``. B runs 3 times tracked and 3
   times not, alternated, and reports the medians (per experiment too, over the 3 tracked
   studies): one study's time varies by 10 to 20 % from run to run on a 2-core machine.
+- What tracking needs in CPU (benchmarks/tracking_cost.py: MLflow's import and store, each
+  job's logging) against the CPU the untracked study leaves idle: the least overhead any way of
+  logging these runs could have here.
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
 - One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
   (7 of each, alternated; the medians); one pipeline execution, ``dvc repro --force`` in a clone
@@ -30,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,12 +64,14 @@ def reference_presets() -> list[str]:
 
 
 class Measured:
-    """A command's wall time and the peak RSS of each process of its tree."""
+    """A command's wall time, the peak RSS of each process of its tree and, for a command that
+    runs alone, the CPU time of its tree (every process the command waited for)."""
 
     def __init__(
         self, command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> None:
         self.peaks: dict[int, int] = {}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         process = subprocess.Popen(
             command,
@@ -79,6 +85,8 @@ class Measured:
         sampler.start()
         self.output = process.communicate()[0]
         self.seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu_s = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
         sampler.join()
         self.root_pid = process.pid
         if process.returncode != 0:
@@ -255,6 +263,25 @@ def pipeline_run(folder: Path, repeats: int = 5) -> dict:
     return overhead(time_one, repeats)
 
 
+def tracking_floor(cost: dict, tracked: Measured, untracked: Measured) -> dict:
+    """The least a tracked study can cost on this machine. Every job's logging has to run
+    somewhere, and MLflow has to be imported and the store opened in at least one process;
+    only the CPU the untracked study leaves idle takes that work for free, the rest is spread
+    over the cores at best."""
+    logging = {p: j["tracked"] - j["untracked"] for p, j in cost["job_cpu_s"].items()}
+    needed = cost["start_cpu_s"] + sum(logging.values())
+    cores = os.cpu_count() or 1
+    idle = cores * untracked.seconds - untracked.cpu_s
+    return {
+        "mlflow_start_cpu_s": cost["start_cpu_s"],
+        "logging_cpu_s_by_job": logging,
+        "needed_cpu_s": needed,
+        "study_cpu_s": {"tracked": tracked.cpu_s, "untracked": untracked.cpu_s},
+        "untracked_idle_cpu_s": idle,
+        "floor_percent": 100 * max(0.0, needed - idle) / cores / untracked.seconds,
+    }
+
+
 def cli_latency() -> dict[str, float]:
     timings = {}
     for name, args in (("help", ["--help"]), ("config_error", ["loss=no_such_loss"])):
@@ -334,6 +361,12 @@ def main() -> None:
         scaling_out = folder / "scaling.json"
         Measured([sys.executable, str(HERE / "scaling.py"), scaling_out])
         scaling = json.loads(scaling_out.read_text())
+        cost_out = folder / "tracking_cost.json"
+        Measured(
+            [sys.executable, str(HERE / "tracking_cost.py"), cost_out, *presets],
+            {"MLFLOW_TRACKING_URI": existing_store(folder, "tracking-cost")},
+        )
+        cost = json.loads(cost_out.read_text())
         jobs_per_minute = {n: throughput(folder, n) for n in (1, 2)}
         single = single_run(folder, "single", "experiment=separable_hinge")
         pipeline = pipeline_run(folder)
@@ -373,6 +406,7 @@ def main() -> None:
         "tracking_overhead_percent": 100
         * (tracked.seconds - untracked.seconds)
         / untracked.seconds,
+        "study_tracking_cpu": tracking_floor(cost, tracked, untracked),
         "peak_rss_gb": {
             "a_process": max(r["peak_rss_gb"] for r in reference.values()),
             "b_parent": tracked.root_peak_gb,
@@ -408,13 +442,19 @@ def report(r: dict) -> None:
             f"{e['b_train_over_c']:5.1f}  {check['b']:.4f} vs {check['a_mean']:.4f} ± "
             f"{check['a_sd']:.4f} {'ok' if check['within'] else 'OUTSIDE'}"
         )
-    rss = r["peak_rss_gb"]
+    rss, cpu = r["peak_rss_gb"], r["study_tracking_cpu"]
+    logging = cpu["logging_cpu_s_by_job"].values()
     print(
         f"\ntotal: A {r['a_total_s']:.1f} s, B {r['b_total_s']:.1f} s  ->  "
         f"A/B = {r['a_over_b']:.1f}\n"
         f"B without tracking {r['b_without_tracking_s']:.1f} s: tracking overhead "
         f"{r['tracking_overhead_percent']:.1f} %; B into a fresh store "
         f"{r['b_fresh_store_s']:.1f} s\n"
+        f"tracking's CPU: MLflow import and store {cpu['mlflow_start_cpu_s']:.1f} s, logging "
+        f"{sum(logging):.1f} s for the {len(logging)} jobs; studies "
+        f"{cpu['study_cpu_s']['untracked']:.1f} s -> "
+        f"{cpu['study_cpu_s']['tracked']:.1f} s CPU, {cpu['untracked_idle_cpu_s']:.1f} s idle "
+        f"untracked: floor of the overhead {cpu['floor_percent']:.1f} %\n"
         f"peak RSS: A process {rss['a_process']:.2f} GB, B parent {rss['b_parent']:.2f} GB, "
         f"B worker {rss['b_worker']:.2f} GB\n"
         f"scaling R²: n_samples {r['scaling']['r2_by_n_samples']:.3f}, "

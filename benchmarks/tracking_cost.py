@@ -1,0 +1,76 @@
+"""The CPU time MLflow tracking needs in a sweep worker, for the benchmark.
+
+    python benchmarks/tracking_cost.py RESULT.json PRESET...   (MLFLOW_TRACKING_URI: a store)
+
+In one process warmed up as a sweep worker is (scikit-learn, Matplotlib, TensorFlow):
+
+- ``start_cpu_s``: importing ``mlflow.keras`` and opening the store (``tracking.prepare``), what
+  every process that logs pays once;
+- ``job_cpu_s``: each experiment preset run as a sweep job runs it (``app.run``), tracked and
+  untracked, alternated, 3 times each after an untimed run of each kind; the medians of the
+  process's CPU time (all threads), whose difference is that job's logging.
+
+Every thread's CPU counts because the logging runs on a background thread beside the job.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sklearn.datasets  # noqa: F401  (as a sweep worker warms up: see losslab.sweep._warm_up)
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+import losslab.plots  # noqa: F401
+import losslab.training  # noqa: F401
+from losslab.app import CONF_DIR, run
+
+REPEATS = 3
+
+
+def job_cpu(cfg: DictConfig, tracked: bool, folder: Path) -> float:
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.tracking.enabled = tracked
+        cfg.trainer.verbose = 0
+    started = time.process_time()
+    run(cfg, Path(tempfile.mkdtemp(dir=folder)), "multirun", [], {"losslab.job": "0"})
+    return time.process_time() - started
+
+
+def main(result_path: str, *presets: str) -> None:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        configs = {p: compose("config", overrides=[f"experiment={p}"]) for p in presets}
+    started = time.process_time()
+    import mlflow.keras  # noqa: F401
+
+    from losslab import tracking
+
+    tracking.prepare(configs[presets[0]])
+    start_cpu = time.process_time() - started
+    samples: dict[str, dict[bool, list[float]]] = {p: {True: [], False: []} for p in presets}
+    with tempfile.TemporaryDirectory(prefix="losslab-tracking-cost-") as tmp:
+        for tracked in (True, False):  # the first run of each kind: tracing, caches
+            job_cpu(configs[presets[0]], tracked, Path(tmp))
+        for _ in range(REPEATS):
+            for preset, cfg in configs.items():
+                for tracked in (True, False):
+                    samples[preset][tracked].append(job_cpu(cfg, tracked, Path(tmp)))
+    jobs = {
+        preset: {
+            "tracked": statistics.median(kinds[True]),
+            "untracked": statistics.median(kinds[False]),
+        }
+        for preset, kinds in samples.items()
+    }
+    with open(result_path, "w") as handle:
+        json.dump({"start_cpu_s": start_cpu, "job_cpu_s": jobs}, handle)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
