@@ -7,7 +7,7 @@ In one process warmed up as a sweep worker is (scikit-learn, Matplotlib, TensorF
 - ``start_cpu_s``: importing ``mlflow.keras`` and opening the store (``tracking.prepare``), what
   every process that logs pays once;
 - ``job_cpu_s``: each experiment preset run as a sweep job runs it (``app.run``), tracked and
-  untracked, alternated, 3 times each after an untimed run of each kind; the medians of the
+  untracked, alternated, 5 times each after an untimed run of each kind; the medians of the
   process's CPU time (all threads), whose difference is that job's logging.
 
 Every thread's CPU counts because the logging runs on a background thread beside the job.
@@ -30,7 +30,7 @@ import losslab.plots  # noqa: F401
 import losslab.training  # noqa: F401
 from losslab.app import CONF_DIR, run
 
-REPEATS = 3
+REPEATS = 5
 
 
 def job_cpu(cfg: DictConfig, tracked: bool, folder: Path) -> float:
