@@ -4,8 +4,8 @@
 
 In one process warmed up as a sweep worker is (scikit-learn, Matplotlib, TensorFlow):
 
-- ``start_cpu_s``: importing ``mlflow.keras`` and opening the store (``tracking.prepare``), what
-  every process that logs pays once;
+- ``start_cpu_s``: what a tracked worker's warm-up adds (``losslab.sweep._warm_up``: importing
+  ``mlflow.keras`` and opening the store), what every process that logs pays once;
 - ``job_cpu_s``: each experiment preset run as a sweep job runs it (``app.run``), tracked and
   untracked, alternated, 5 times each after an untimed run of each kind; the medians of the
   process's CPU time (all threads), whose difference is that job's logging.
@@ -22,13 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import sklearn.datasets  # noqa: F401  (as a sweep worker warms up: see losslab.sweep._warm_up)
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-import losslab.plots  # noqa: F401
-import losslab.training  # noqa: F401
 from losslab.app import CONF_DIR, run
+from losslab.sweep import _warm_up
 
 REPEATS = 5
 
@@ -46,12 +44,9 @@ def job_cpu(cfg: DictConfig, tracked: bool, folder: Path) -> float:
 def main(result_path: str, *presets: str) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         configs = {p: compose("config", overrides=[f"experiment={p}"]) for p in presets}
+    _warm_up(None, None)  # what an untracked worker imports
     started = time.process_time()
-    import mlflow.keras  # noqa: F401
-
-    from losslab import tracking
-
-    tracking.prepare(configs[presets[0]])
+    _warm_up(configs[presets[0]], None)  # what a tracked worker adds: MLflow and the store
     start_cpu = time.process_time() - started
     samples: dict[str, dict[bool, list[float]]] = {p: {True: [], False: []} for p in presets}
     with tempfile.TemporaryDirectory(prefix="losslab-tracking-cost-") as tmp:

@@ -488,7 +488,6 @@ def _log_dataset_here(meta: dict[str, Any], source: str) -> None:
     _log_batch_in_background(active_run_id(), tags=[RunTag("losslab.data_hash", meta["sha256"])])
 
 
-@functools.cache
 def _model_environment() -> tuple[dict, list[str]]:
     """The logged model's conda environment and pip requirements: the installed versions of
     what it needs to load. Written directly: ``mlflow.keras`` would check them against every
