@@ -2,13 +2,15 @@
 
     python benchmarks/tracking_cost.py RESULT.json PRESET...   (MLFLOW_TRACKING_URI: a store)
 
-In one process warmed up as a sweep worker is (scikit-learn, Matplotlib, TensorFlow):
+In one process warmed up as a sweep worker is (``losslab.sweep._warm_up``: scikit-learn,
+Matplotlib, TensorFlow):
 
-- ``start_cpu_s``: what a tracked worker's warm-up adds (``losslab.sweep._warm_up``: importing
-  ``mlflow.keras`` and opening the store), what every process that logs pays once;
-- ``job_cpu_s``: each experiment preset run as a sweep job runs it (``app.run``), tracked and
-  untracked, alternated, 5 times each after an untimed run of each kind; the medians of the
-  process's CPU time (all threads), whose difference is that job's logging.
+- ``start_cpu_s``: importing MLflow and opening the store, what a sweep's tracker (and every
+  process that logs) pays once;
+- ``job_cpu_s``: each experiment preset run as a job (``app.run``), tracked and untracked,
+  alternated, 5 times each after an untimed run of each kind; the medians of the process's CPU
+  time (all threads), whose difference is that job's logging. Here the job logs itself; in a
+  sweep the tracker does the same work on the same MLflow calls.
 
 Every thread's CPU counts because the logging runs on a background thread beside the job.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from losslab import tracking
 from losslab.app import CONF_DIR, run
 from losslab.sweep import _warm_up
 
@@ -44,9 +47,11 @@ def job_cpu(cfg: DictConfig, tracked: bool, folder: Path) -> float:
 def main(result_path: str, *presets: str) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         configs = {p: compose("config", overrides=[f"experiment={p}"]) for p in presets}
-    _warm_up(None, None)  # what an untracked worker imports
+    _warm_up()
     started = time.process_time()
-    _warm_up(configs[presets[0]], None)  # what a tracked worker adds: MLflow and the store
+    import mlflow  # noqa: F401
+
+    tracking.prepare(configs[presets[0]])
     start_cpu = time.process_time() - started
     samples: dict[str, dict[bool, list[float]]] = {p: {True: [], False: []} for p in presets}
     with tempfile.TemporaryDirectory(prefix="losslab-tracking-cost-") as tmp:

@@ -227,6 +227,31 @@ def test_stopped_joblib_sweep_ends_every_run_and_says_so_once(
     assert parent.data.tags["losslab.error"].startswith("stopped after"), parent.data.tags
 
 
+@pytest.mark.slow
+def test_killed_sweep_process_leaves_its_tracker_to_end_every_run_killed(tmp_path):
+    """Nothing runs on the way out of the sweep's own process: its tracker, which holds the
+    parent run and the jobs' runs, ends them all KILLED when that process is gone."""
+    uri, sweep_dir = store(tmp_path), tmp_path / "sweep"
+    cmd = [LOSSLAB, "-m", "experiment=reg_mse", "seed=range(0,40)", "hydra/launcher=joblib"]
+    cmd += [*TINY, f"hydra.sweep.dir={sweep_dir}"]
+    with (tmp_path / "out.txt").open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env(uri), stdout=out, stderr=out)
+        try:
+            wait_for(lambda: list(sweep_dir.glob("*/metrics.json")), 180, "a finished job", proc)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            wait_for(lambda: all_runs(uri) and not running(uri), 120, "every run to end")
+        finally:
+            stop(proc)
+    runs = all_runs(uri)
+    (parent,) = [r for r in runs if r.data.tags.get("losslab.sweep") == "true"]
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["losslab.error"].startswith("stopped after"), parent.data.tags
+    children = [r for r in runs if r is not parent]
+    assert "FINISHED" in {c.info.status for c in children}
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+
+
 # --------------------------------------------------------------------------------------------
 # 2. SIGKILL: nothing runs on the way out of the killed process. The side process that holds
 #    its run ends the run KILLED; if it dies too, losslab-doctor finds and fails the orphan.

@@ -35,10 +35,10 @@ def run(
     """Validate ``cfg``, then generate, train, evaluate and plot into ``output_dir``.
 
     All four steps share one MLflow run; opening it first checks the tracking store, so an
-    unreachable server is reported before anything is written. ``beside`` has a side process
-    do the MLflow work (see ``tracking.SideProcess``), for a process that starts fresh; a
-    process that has MLflow loaded already (a sweep's worker) logs itself. Returns the train
-    and test scores, and the last epoch's validation scores.
+    unreachable server is reported before anything is written. ``beside`` has another process
+    do the MLflow work (see ``tracking.SideProcess``): a side process forked for a process that
+    starts fresh, or a sweep's tracker for its job; else this process logs itself (a Ray job,
+    a test). Returns the train and test scores, and the last epoch's validation scores.
     """
     cfg = validate(cfg)
     from losslab import steps, tracking
@@ -88,10 +88,16 @@ def main() -> float | None:
         with reported_errors("losslab"):
             print(help_text([a for a in arguments if a not in ("-h", "--help")]))
         return None
+    from losslab.sweep import Tracker
     from losslab.tracking import SideProcess
 
-    # a plain single run (overrides only, no Hydra flags) gets its side process at once
-    ahead = SideProcess.ahead() if not any(a.startswith("-") for a in arguments) else nullcontext()
+    # a plain single run (overrides only, no Hydra flags) gets its side process at once, a
+    # sweep its tracker
+    ahead = nullcontext()
+    if not any(a.startswith("-") for a in arguments):
+        ahead = SideProcess.ahead()
+    elif {"-m", "--multirun"} & set(arguments):
+        ahead = Tracker.ahead()
     # Ctrl-C or SIGTERM to a sweep's own process: one line, exit 130, the parent run KILLED
     with reported_errors("losslab"), sigterm_as_exception(), ahead:
         return hydra_app()
@@ -99,13 +105,15 @@ def main() -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_app(cfg: DictConfig) -> float | None:
-    """A single run hands its MLflow work to a side process. In a multirun, each job logs
-    from its worker as a child of the sweep's parent run, and trains without a progress bar
-    (the sweep prints jobs done and time left); a failing job fails alone."""
+    """A single run hands its MLflow work to a side process, a sweep's job to the sweep's
+    tracker (a Ray job logs from its worker), as a child of the sweep's parent run. A job
+    trains without a progress bar (the sweep prints jobs done and time left); a failing job
+    fails alone."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from losslab.sweep import PARENT_RUN_ENV
+    from losslab.tracking import TRACKER_ENV
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -124,7 +132,7 @@ def hydra_app(cfg: DictConfig) -> float | None:
             "multirun" if multirun else "cli",
             list(hydra_cfg.overrides.task),
             extra_tags,
-            beside=not multirun,
+            beside=not multirun or TRACKER_ENV in os.environ,
         )
         print(f"losslab: outputs in {output_dir}")
         for split in ("train", "test"):

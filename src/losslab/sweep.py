@@ -1,22 +1,25 @@
 """A Hydra callback that turns a multirun into one parent MLflow run with a child run per job.
 
-``on_multirun_start`` creates the store, the experiment and the parent run before any job
+``on_multirun_start`` has the store, the experiment and the parent run created before any job
 starts (parallel jobs opening a fresh SQLite store race its schema migration otherwise).
-Each job learns the parent's id and store in ``on_job_start`` (which runs in the job's own
-process, for the joblib and Ray launchers too), reports progress in ``on_job_end``, and
-``on_multirun_end`` ends the parent with the sweep's outcome and writes the report into it.
+Each job learns where to log in ``on_job_start`` (which runs in the job's own process, for the
+joblib and Ray launchers too), reports progress in ``on_job_end``, and ``on_multirun_end``
+ends the parent with the sweep's outcome and writes the report into it.
 
-With the joblib launcher the parent run is created and ended in the worker processes, which
-import MLflow and open the store for their jobs anyway: the sweep's own process then never
-imports MLflow or Matplotlib (about 3 s of CPU on machines where the workers use every core).
+All of that MLflow work happens in one process, the sweep's :class:`Tracker`, except a Ray
+job's own run, which its worker (possibly on another machine) logs itself. The sweep's own
+process and its workers never import MLflow.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +29,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from losslab.tracking import TRACKER_ENV
 
 PARENT_RUN_ENV = "LOSSLAB_PARENT_RUN_ID"
 _PROGRESS = ".losslab-progress"
@@ -66,51 +71,25 @@ def start_parent_run(store: DictConfig, name: str, tags: dict[str, str]) -> str:
 
     experiment_id = tracking.prepare(store)
     uri = tracking.client_uri(tracking.tracking_uri(store))
+    tags = {**tags, **tracking.holder_tags()}
     return MlflowClient(uri).create_run(experiment_id, tags=tags, run_name=name).info.run_id
 
 
-def _warm_up(store: DictConfig | None, parent: dict | None) -> tuple[int, str | None]:
-    """In a worker: import what jobs use and, for a tracked sweep, open the store (one worker
-    creates the parent run, the others wait for the store under its lock)."""
+def _warm_up() -> int:
+    """In a worker: import what jobs use."""
     import sklearn.datasets  # noqa: F401  (the generators)
 
     import losslab.plots  # noqa: F401  (Matplotlib)
     import losslab.training  # noqa: F401  (TensorFlow and Keras)
 
-    if store is None:
-        return os.getpid(), None
-    import mlflow.keras  # noqa: F401
-
-    from losslab import tracking
-
-    if parent is not None:
-        return os.getpid(), start_parent_run(store, **parent)
-    tracking.prepare(store)
-    return os.getpid(), None
-
-
-def draw_report_share(uri: str, parent: str, sweep_dir: Path, share: int, shares: int) -> None:
-    """Draw every ``shares``-th figure of the sweep's report, from the ``share``-th on."""
-    from mlflow.tracking import MlflowClient
-
-    from losslab import report
-
-    client = MlflowClient(uri)
-    configurations = report.group(report.child_runs(client, parent))
-    report.draw(client, configurations, sweep_dir / "report", slice(share, None, shares))
+    return os.getpid()
 
 
 def end_parent_run(
-    uri: str,
-    parent: str,
-    total: int | None,
-    sweep_dir: Path,
-    interrupted: bool,
-    drawn: bool = False,
+    uri: str, parent: str, total: int | None, sweep_dir: Path, interrupted: bool
 ) -> None:
     """End the parent run: FINISHED when every job finished, else FAILED (jobs failed) or
-    KILLED (the sweep was stopped); publish the report of the children either way (its
-    figures already ``drawn`` by :func:`draw_report_share`, or drawn here)."""
+    KILLED (the sweep was stopped); publish the report of the children either way."""
     from mlflow.tracking import MlflowClient
 
     from losslab import report
@@ -124,7 +103,7 @@ def end_parent_run(
     accounted, failed = len(outcomes), outcomes.count(".failed")
     client.set_tag(parent, "losslab.children_finished", f"{finished}/{total or accounted}")
     if finished:
-        report.publish(client, children, sweep_dir / "report", parent_run_id=parent, drawn=drawn)
+        report.publish(client, children, sweep_dir / "report", parent_run_id=parent)
     best = _best_trial(sweep_dir)
     if best:
         client.set_tag(parent, "losslab.best_trial", best)
@@ -140,12 +119,15 @@ def end_parent_run(
 
 
 def _end_stopped_jobs(client: Any, children: list) -> None:
-    """Jobs whose worker process went down with the stopped sweep (joblib kills its workers on
-    Ctrl-C) could not end their own runs: end them KILLED."""
+    """End KILLED the runs of a stopped sweep that nothing will end: those held by a process
+    that is gone (a Ray worker that went down with the sweep), and those this tracking process
+    still holds (:meth:`Tracker.close` waited for them)."""
     from losslab.doctor import process_gone
 
+    here = str(os.getpid())
     for run in children:
-        if run.info.status == "RUNNING" and process_gone(run):
+        held_here = run.data.tags.get("losslab.pid") == here
+        if run.info.status == "RUNNING" and (held_here or process_gone(run)):
             client.set_tag(run.info.run_id, "losslab.error", "stopped with the sweep")
             client.set_terminated(run.info.run_id, "KILLED")
 
@@ -182,17 +164,189 @@ class _Workers:
 
         return Parallel(**self.settings)(calls)
 
-    def warm_up(self, store: DictConfig | None, parent: dict | None) -> Future:
-        """Start the workers now and have each import TensorFlow (and MLflow) while this
-        process prepares the sweep: about 6 s that would otherwise delay the first jobs. The
-        future gives the workers' process ids and the parent run's id."""
+    def warm_up(self) -> Future:
+        """Start the workers now and have each import TensorFlow while this process prepares
+        the sweep: about 6 s that would otherwise delay the first jobs. The future gives the
+        workers' process ids."""
         from joblib import delayed
 
-        calls = [delayed(_warm_up)(store, parent if i == 0 else None) for i in range(self.count)]
+        calls = [delayed(_warm_up)() for _ in range(self.count)]
         pool = ThreadPoolExecutor(1)
         warming = pool.submit(self.run, calls)
         pool.shutdown(wait=False)
         return warming
+
+
+class Tracker:
+    """The one process that does a sweep's MLflow work: it creates and ends the parent run,
+    holds every job's run (:func:`losslab.tracking.hold_run`), and draws the report.
+
+    It is forked as ``losslab -m`` starts, so that it imports MLflow and opens the store while
+    Hydra composes the sweep, and workers never do: two workers doing so on two cores took 2 to
+    3 s each before their first jobs. It runs at a lower priority than the workers, in the CPU
+    time they leave. Jobs reach it over a socket (``$LOSSLAB_TRACKER``) and hand it their runs
+    as a single run hands its run to a side process. Ctrl-C goes to the sweep's own process,
+    which tells it that the sweep was stopped; if that process dies, it ends the sweep's runs
+    KILLED itself.
+    """
+
+    GRACE_S = 10.0  # how long a stopped sweep's runs may take to end before they end KILLED
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        from losslab import tracking
+
+        sys.stdout.flush()  # output still buffered would be printed twice
+        sys.stderr.flush()
+        listener, self.address = tracking.listen()
+        context = multiprocessing.get_context("fork")
+        self.connection, tracker_end = context.Pipe()
+        self.process = context.Process(
+            target=_track, args=(listener, tracker_end, self.connection), name="losslab-tracking"
+        )
+        self.process.start()
+        tracker_end.close()  # the tracker's exit then reads as the end of the pipe
+        listener.close()  # the tracker's copy listens
+        self.answered = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def ahead(cls) -> Any:
+        """Fork the tracker before Hydra composes the sweep; :meth:`take` it for a tracked
+        sweep, or it is stopped unused, having touched no store."""
+        global _AHEAD
+        _AHEAD = cls()
+        try:
+            yield
+        finally:
+            cls.take(None)
+
+    @staticmethod
+    def take(tracking_enabled: bool | None) -> Tracker | None:
+        """The tracker for a sweep: the one forked ahead (or a new one) if the sweep is
+        tracked; None, with the one forked ahead stopped, if not."""
+        global _AHEAD
+        tracker, _AHEAD = _AHEAD, None
+        if tracking_enabled:
+            return tracker or Tracker()
+        if tracker is not None:
+            tracker.process.kill()
+            tracker.process.join()
+        return None
+
+    def start_parent(self, store: DictConfig, parent: dict, ending: tuple) -> None:
+        """Have the parent run created (its ``name`` and ``tags`` in ``parent``) without
+        waiting for it; ``ending`` is what :func:`end_parent_run` needs besides the run."""
+        self.connection.send(("parent", store, parent, ending))
+
+    def parent_run_id(self) -> str:
+        """The parent run's id, once created; the error that prevented it."""
+        self.answered = True
+        return self._answer()
+
+    def close(self, interrupted: bool) -> None:
+        """End the parent run once every job's run has ended, and publish the report; raise
+        what prevented the parent run or its end."""
+        try:
+            if not self.answered:
+                with contextlib.suppress(Exception):  # the last answer repeats an error
+                    self.parent_run_id()
+            with contextlib.suppress(OSError):
+                self.connection.send(("close", interrupted))
+            self._answer()
+        finally:
+            self.process.join()
+
+    def _answer(self) -> Any:
+        try:
+            kind, value = self.connection.recv()
+        except (EOFError, OSError):
+            self.process.join()
+            raise RuntimeError(
+                "the sweep's tracking process ended unexpectedly "
+                f"(exit code {self.process.exitcode})"
+            ) from None
+        if kind == "error":
+            raise value
+        return value
+
+
+_AHEAD: Tracker | None = None
+
+
+def _track(listener: Any, connection: Any, sweep_end: Any) -> None:
+    """The tracking process: the parent run as the sweep asks, the jobs' runs as they come."""
+    from losslab import tracking
+    from losslab.cli import Terminated
+
+    sweep_end.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the sweep says how it ended
+    os.nice(10)
+    import mlflow  # noqa: F401  while Hydra composes the sweep
+
+    try:
+        _, store, parent, (total, sweep_dir) = connection.recv()
+    except (EOFError, OSError, Terminated):
+        return
+    try:
+        parent_run_id, refusal = start_parent_run(store, **parent), None
+        print(
+            f"losslab: sweep of {total or '?'} jobs, MLflow parent run {parent_run_id}",
+            file=sys.stderr,
+            flush=True,
+        )
+    except Exception as error:  # each job is refused with it, the sweep reports it at its end
+        parent_run_id, refusal = None, tracking._picklable(error)
+    connection.send(("error", refusal) if refusal else ("parent", parent_run_id))
+    runs: list[threading.Thread] = []
+    serving = threading.Thread(target=_serve, args=(listener, runs, parent_run_id, refusal))
+    serving.daemon = True
+    serving.start()
+    import losslab.plots  # noqa: F401  Matplotlib, for the report
+
+    try:
+        interrupted = connection.recv()[1]
+    except (EOFError, OSError, Terminated):  # the sweep's process is gone
+        interrupted = True
+    outcome = refusal
+    try:
+        deadline = time.monotonic() + Tracker.GRACE_S
+        for thread in list(runs):
+            thread.join(max(0.0, deadline - time.monotonic()) if interrupted else None)
+        if parent_run_id is not None:
+            uri = tracking.client_uri(tracking.tracking_uri(store))
+            end_parent_run(uri, parent_run_id, total, sweep_dir, interrupted)
+    except Exception as error:
+        outcome = tracking._picklable(error)
+    with contextlib.suppress(OSError):
+        connection.send(("error", outcome) if outcome else ("closed", None))
+
+
+def _serve(
+    listener: Any, runs: list[threading.Thread], parent: str | None, refusal: Exception | None
+) -> None:
+    """Hold each connecting job's run, as a child of ``parent``, on a thread of its own; or
+    refuse it, with the error that left the sweep without a parent run."""
+    from multiprocessing import AuthenticationError
+
+    from losslab.tracking import hold_run
+
+    while True:
+        try:
+            connection = listener.accept()
+        except (EOFError, ConnectionError, AuthenticationError):  # not a job of this sweep
+            continue
+        if refusal is not None:
+            with contextlib.suppress(OSError):
+                connection.send(("ended", refusal))
+            connection.close()
+            continue
+        thread = threading.Thread(
+            target=hold_run, args=(connection, {"mlflow.parentRunId": parent}), daemon=True
+        )
+        thread.start()
+        runs.append(thread)
 
 
 class SweepTracker(Callback):
@@ -201,10 +355,16 @@ class SweepTracker(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
         self.tracking_uri: str | None = None
+        self.tracker: Tracker | None = None
+        self.tracker_address: str | None = None
         self.total: int | None = None
         self.started = 0.0
         self.sweep_dir: Path | None = None
-        self.workers: _Workers | None = None
+
+    def __getstate__(self) -> dict:
+        """What a job's process gets (the joblib and Ray launchers pickle the callback): where
+        to log, not the tracker itself."""
+        return {**self.__dict__, "tracker": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Start the workers and the parent run. A store that cannot be used stops the sweep
@@ -223,31 +383,28 @@ class SweepTracker(Callback):
         self.total = count_jobs(hydra_cfg, CONF_DIR)
         self.sweep_dir = Path(hydra_cfg.sweep.dir).absolute()  # Ray workers start elsewhere
         (self.sweep_dir / _PROGRESS).mkdir(parents=True, exist_ok=True)
-        store = None
-        if config.tracking.enabled:  # what tracking.prepare needs, for the workers
+        if config.tracking.enabled:
+            tracking.check_reachable(tracking.tracking_uri(config))
+        tracker = Tracker.take(config.tracking.enabled)
+        workers = _Workers.of(hydra_cfg.launcher)
+        warming = workers.warm_up() if workers else None
+        self.started = time.time()
+        if tracker is not None:
+            # what tracking.prepare needs, for the tracker
             store = OmegaConf.create(
                 {"tracking": OmegaConf.to_container(config.tracking, resolve=True)}
             )
-        parent = self._parent_run(config) if store is not None else None
-        self.workers = _Workers.of(hydra_cfg.launcher)
-        warming = self.workers.warm_up(store, parent) if self.workers else None
-        self.started = time.time()
-        if store is not None:
-            self.tracking_uri = tracking.client_uri(tracking.tracking_uri(config))
-            if warming is None:
-                self.parent_run_id = start_parent_run(store, **parent)
-        if warming is not None:
-            ready = warming.result()
-            self.parent_run_id = self.parent_run_id or ready[0][1]
-            pids = ", ".join(str(pid) for pid in sorted({pid for pid, _ in ready}))
-            print(f"losslab: worker processes {pids} ready", file=sys.stderr, flush=True)
-        if self.parent_run_id:
+            tracker.start_parent(store, self._parent_run(config), (self.total, self.sweep_dir))
+            self.tracker = tracker
             atexit.register(self._end_if_interrupted)
-            print(
-                f"losslab: sweep of {self.total or '?'} jobs, "
-                f"MLflow parent run {self.parent_run_id}",
-                file=sys.stderr,
-            )
+            if _runs_jobs_here(hydra_cfg.launcher):
+                self.tracker_address = tracker.address
+            else:  # a Ray job logs itself, as a child of the parent run
+                self.parent_run_id = tracker.parent_run_id()
+                self.tracking_uri = tracking.client_uri(tracking.tracking_uri(config))
+        if warming is not None:
+            pids = ", ".join(str(pid) for pid in sorted(set(warming.result())))
+            print(f"losslab: worker processes {pids} ready", file=sys.stderr, flush=True)
 
     def _parent_run(self, config: DictConfig) -> dict:
         """The parent run's name and tags."""
@@ -266,12 +423,15 @@ class SweepTracker(Callback):
         return {"name": name, "tags": tags}
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Point the job at the parent and its store: a Ray worker runs in the environment of
-        ``ray start``, not the sweep's, so ``$MLFLOW_TRACKING_URI`` travels with the callback
-        (without credentials: a remote worker needs its own MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+        """Point the job at the parent run and at the tracker, or at the store: a Ray worker
+        runs in the environment of ``ray start``, not the sweep's, so ``$MLFLOW_TRACKING_URI``
+        travels with the callback (without credentials: a remote worker needs its own
+        MLFLOW_TRACKING_USERNAME/PASSWORD)."""
         if self.parent_run_id:
             os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        if self.tracking_uri:
+        if self.tracker_address:
+            os.environ[TRACKER_ENV] = self.tracker_address
+        elif self.tracking_uri:
             os.environ.setdefault("MLFLOW_TRACKING_URI", self.tracking_uri)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -301,23 +461,18 @@ class SweepTracker(Callback):
         self._close(interrupted=True)
 
     def _close(self, interrupted: bool) -> None:
-        """End the parent run. After a joblib sweep that ran to its end, the workers (which
-        have MLflow and Matplotlib imported) draw the report's figures together, then one of
-        them ends the run; else this process does it all."""
-        if self.parent_run_id is None:
-            return
-        parent, self.parent_run_id = self.parent_run_id, None
-        arguments = (self.tracking_uri, parent, self.total, self.sweep_dir, interrupted)
-        if self.workers is None or interrupted:
-            end_parent_run(*arguments)
-            return
-        from joblib import delayed
+        """Have the tracker end the parent run once the jobs' runs have ended. An error that
+        left the sweep without a parent run, each job has met already: it ends the sweep with
+        one line."""
+        from losslab.cli import reported_errors
 
-        shares = self.workers.count
-        self.workers.run(
-            [
-                delayed(draw_report_share)(self.tracking_uri, parent, self.sweep_dir, i, shares)
-                for i in range(shares)
-            ]
-        )
-        self.workers.run([delayed(end_parent_run)(*arguments, drawn=True)])
+        if self.tracker is None:
+            return
+        tracker, self.tracker = self.tracker, None
+        with reported_errors("losslab"):
+            tracker.close(interrupted)
+
+
+def _runs_jobs_here(launcher: DictConfig) -> bool:
+    """Whether the launcher runs jobs on this machine, where they can reach the tracker."""
+    return str(launcher.get("_target_", "")).endswith(("BasicLauncher", "JoblibLauncher"))

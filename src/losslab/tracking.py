@@ -5,8 +5,8 @@ The embedded default is the SQLite store ``mlflow.db`` at the project root with 
 all write to one store. ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` point runs elsewhere.
 
 MLflow is imported only where a run is started or logged to: it costs 1 to 2 s per process, which
-an untracked run, a config error and a sweep's parent process do without, and which a command
-that starts fresh leaves to its side process (:class:`SideProcess`), on another core.
+an untracked run and a config error do without, and which a command that starts fresh leaves to
+its side process (:class:`SideProcess`) on another core, and a sweep to its one tracker.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -91,8 +92,7 @@ def prepare(cfg: DictConfig) -> str:
     import mlflow
 
     uri = tracking_uri(cfg)
-    if uri.startswith(("http://", "https://")):
-        _check_reachable(uri)
+    check_reachable(uri)
     mlflow.set_tracking_uri(client_uri(uri))
     if uri.startswith("sqlite:///"):
         from filelock import FileLock
@@ -105,7 +105,10 @@ def prepare(cfg: DictConfig) -> str:
     return _experiment_id(cfg.tracking.experiment, None)
 
 
-def _check_reachable(uri: str) -> None:
+def check_reachable(uri: str) -> None:
+    """That a tracking server answers (nothing to check for a local store)."""
+    if not uri.startswith(("http://", "https://")):
+        return
     import requests
 
     try:
@@ -233,18 +236,27 @@ def _log_batch(run_id: str, **entities: list) -> None:
 
 
 _SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losslab-metrics")
-_IN_FLIGHT: list[Future] = []
+_QUEUED = threading.local()
+
+
+def _in_flight() -> list[Future]:
+    """What this thread queued on the background thread. Per thread: a sweep's tracking
+    process holds one run per thread (:func:`hold_run`), each waiting only for its own."""
+    if not hasattr(_QUEUED, "futures"):
+        _QUEUED.futures = []
+    return _QUEUED.futures
 
 
 def _log_batch_in_background(run_id: str, **entities: list) -> None:
     """Queue a ``log_batch`` on the one background thread, so sending overlaps with training or
     evaluation; :func:`run` waits for everything queued before it ends the run."""
-    _IN_FLIGHT.append(_SENDER.submit(_log_batch, run_id, **entities))
+    _in_flight().append(_SENDER.submit(_log_batch, run_id, **entities))
 
 
 def wait_for_background() -> None:
-    while _IN_FLIGHT:
-        _IN_FLIGHT.pop(0).result()
+    queued = _in_flight()
+    while queued:
+        queued.pop(0).result()
 
 
 @contextmanager
@@ -295,8 +307,7 @@ def run(
             run_name=tags.get("mlflow.runName"),
         )
         try:
-            # which process holds the run, so losslab-doctor can tell a dead one from a live one
-            mlflow.set_tags({"losslab.pid": str(os.getpid()), "losslab.host": socket.gethostname()})
+            mlflow.set_tags(holder_tags())
             if describe:
                 _describe(active.info.run_id, cfg, tags, list(overrides))
             yield active
@@ -314,6 +325,11 @@ def run(
         if run_id and "losslab.error" in mlflow.get_run(run_id).data.tags:  # an earlier failure
             MlflowClient().delete_tag(run_id, "losslab.error")
         _end(RunStatus.FINISHED)
+
+
+def holder_tags() -> dict[str, str]:
+    """Which process holds a run, so that losslab-doctor can tell a dead one from a live one."""
+    return {"losslab.pid": str(os.getpid()), "losslab.host": socket.gethostname()}
 
 
 def _end(status: int, error: str | None = None) -> None:
@@ -595,7 +611,7 @@ def _log_model_here(folder: str, example: Any, prediction: Any, keras_backend: s
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    _IN_FLIGHT.append(_SENDER.submit(log_and_remove))
+    _in_flight().append(_SENDER.submit(log_and_remove))
 
 
 _LOG_HERE = {
@@ -606,9 +622,26 @@ _LOG_HERE = {
 }
 
 
+TRACKER_ENV = "LOSSLAB_TRACKER"
+"""How a sweep's job reaches the sweep's tracking process (``losslab.sweep.Tracker``)."""
+
+
+def listen() -> tuple[Any, str]:
+    """A socket for a sweep's jobs to reach its tracking process, and the :data:`TRACKER_ENV`
+    value that finds it: an abstract Unix address (nothing on disk to clean up) and a key
+    that a connecting process must know."""
+    import secrets
+    from multiprocessing.connection import Listener
+
+    name, key = f"losslab-{os.getpid()}-{secrets.token_hex(8)}", secrets.token_bytes(16)
+    listener = Listener("\0" + name, "AF_UNIX", backlog=16, authkey=key)
+    return listener, f"{name}:{key.hex()}"
+
+
 class SideProcess:
-    """A forked process that holds the run and does all of its MLflow work, for a command that
-    starts fresh (one ``losslab`` run, a DVC stage).
+    """A process that holds the run and does all of its MLflow work: a forked one for a command
+    that starts fresh (one ``losslab`` run, a DVC stage), the sweep's tracking process for a
+    sweep's job.
 
     Importing MLflow and opening the store cost such a process about 2 s; in a side process
     they run on another core, beside this process's TensorFlow import and training instead of
@@ -618,9 +651,19 @@ class SideProcess:
     holds the same either way. A store it cannot use is reported before any output is written;
     an error it meets while logging, when the run ends; if this process dies, the side process
     ends the run KILLED.
+
+    A sweep's job does not wait for its run to end: the tracking process ends it once it has
+    logged the rest, while the worker goes on to the next job; an error met in logging ends
+    that run FAILED, and the sweep's parent run with it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, connection: Any, process: Any = None) -> None:
+        self.connection, self.process = connection, process
+        self.record: dict[str, str | None] = {}
+        self.ended = False
+
+    @classmethod
+    def fork(cls) -> SideProcess:
         import multiprocessing
 
         # Forked before TensorFlow starts its threads, and before anything is logged here (the
@@ -628,14 +671,28 @@ class SideProcess:
         sys.stdout.flush()
         sys.stderr.flush()
         context = multiprocessing.get_context("fork")
-        self.connection, side_end = context.Pipe()
-        self.process = context.Process(
-            target=_hold, args=(side_end, self.connection), name="losslab-tracking"
+        connection, side_end = context.Pipe()
+        process = context.Process(
+            target=_hold, args=(side_end, connection), name="losslab-tracking"
         )
-        self.process.start()
+        process.start()
         side_end.close()  # the side process's exit then reads as the end of the pipe
-        self.record: dict[str, str | None] = {}
-        self.ended = False
+        return cls(connection, process)
+
+    @classmethod
+    def for_run(cls) -> SideProcess:
+        """The sweep's tracking process for a sweep's job (:data:`TRACKER_ENV`), else a new
+        side process."""
+        address = os.environ.get(TRACKER_ENV)
+        if not address:
+            return cls.fork()
+        from multiprocessing.connection import Client
+
+        name, _, key = address.rpartition(":")
+        try:
+            return cls(Client("\0" + name, "AF_UNIX", authkey=bytes.fromhex(key)))
+        except OSError as error:
+            raise RuntimeError(f"the sweep's tracking process is gone ({error})") from None
 
     @classmethod
     @contextmanager
@@ -644,7 +701,7 @@ class SideProcess:
         MLflow meanwhile; the first :meth:`holding` takes it. Unused (an untracked run, a
         config error), it is stopped: it has touched no store."""
         global _AHEAD
-        _AHEAD = cls()
+        _AHEAD = cls.fork()
         try:
             yield
         finally:
@@ -655,7 +712,7 @@ class SideProcess:
     def holding(cls, run_args: tuple) -> Iterator[None]:
         """A side process holds the run while the body runs; it ends the run as the body ends."""
         global _SIDE, _AHEAD
-        side, _AHEAD = _AHEAD or cls(), None
+        side, _AHEAD = _AHEAD or cls.for_run(), None
         try:
             with contextlib.suppress(OSError):  # a side process already gone: started() says so
                 side.connection.send(run_args)
@@ -676,25 +733,30 @@ class SideProcess:
         kind, value = self._receive()
         if kind == "ended":
             self.ended = True
-            self.process.join()
+            self._join()
             raise value
         return value
 
     def send(self, name: str, *args: Any) -> None:
         """Queue ``name(*args)`` for the side process. The background thread sends it, so a full
         pipe (the side process still importing) never holds up training."""
-        _IN_FLIGHT.append(_SENDER.submit(self.connection.send, (name, args)))
+        _in_flight().append(_SENDER.submit(self.connection.send, (name, args)))
 
     def end(self, error: BaseException | None) -> None:
-        """Tell the side process how the run ended (``error``, or None for success) and wait
-        until it has ended the run; raise an error it met while logging."""
+        """Tell the side process how the run ended (``error``, or None for success) and, unless
+        it is the sweep's, wait until it has ended the run; raise an error it met while
+        logging."""
         if self.ended:
             return
         self.ended = True
-        wait(_IN_FLIGHT)  # every message sent (or failed) before this one, never beside it
-        _IN_FLIGHT.clear()
+        queued = _in_flight()
+        wait(queued)  # every message sent (or failed) before this one, never beside it
+        queued.clear()
         with contextlib.suppress(OSError):  # a side process that died is reported below
             self.connection.send(("end", _picklable(error)))
+        if self.process is None:
+            self.connection.close()
+            return
         outcome = None
         try:
             while (message := self._receive())[0] != "ended":  # "started", if never read
@@ -702,18 +764,21 @@ class SideProcess:
             outcome = message[1]
         except RuntimeError as lost:
             outcome = lost
-        self.process.join()
+        self._join()
         if error is None and outcome is not None:
             raise outcome
 
     def _receive(self) -> tuple[str, Any]:
         try:
             return self.connection.recv()
-        except EOFError:
+        except (EOFError, OSError):
+            self._join()
+            exit_code = f" (exit code {self.process.exitcode})" if self.process else ""
+            raise RuntimeError(f"the tracking process ended unexpectedly{exit_code}") from None
+
+    def _join(self) -> None:
+        if self.process is not None:
             self.process.join()
-            raise RuntimeError(
-                f"the tracking process ended unexpectedly (exit code {self.process.exitcode})"
-            ) from None
 
 
 _SIDE: SideProcess | None = None
@@ -730,13 +795,20 @@ def dismiss_ahead() -> None:
 
 
 def _hold(connection: Any, main_end: Any) -> None:
-    """The side process: hold the run, do what the main process sends, end the run as told."""
+    """The side process: hold the run of the process that forked it."""
     main_end.close()  # so that the main process's exit reads as the end of the pipe
+    hold_run(connection)
+
+
+def hold_run(connection: Any, tags: dict[str, str] | None = None) -> None:
+    """Hold one run: start it with the arguments the connection sends first (and ``tags``), do
+    what follows, end it as told (or KILLED if the connection breaks); report how it ended."""
     outcome = None
     try:
         import mlflow  # noqa: F401  before the run's arguments arrive (see SideProcess.ahead)
 
-        with run(*connection.recv()):
+        *run_args, extra_tags = connection.recv()
+        with run(*run_args, extra_tags={**(extra_tags or {}), **(tags or {})}):
             connection.send(("started", run_record()))
             while (message := _next(connection))[0] != "end":
                 name, args = message
@@ -752,7 +824,7 @@ def _hold(connection: Any, main_end: Any) -> None:
 def _next(connection: Any) -> tuple[str, Any]:
     try:
         return connection.recv()
-    except EOFError:
+    except (EOFError, OSError):
         raise Terminated("the losslab process ended before its run did") from None
 
 
