@@ -136,7 +136,7 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
     with atomic_path(layout.model) as tmp:
         result.model.save(tmp)
     write_history_csv(layout.history, result.history)
-    write_json(layout.run_info, tracking.run_record())
+    tracking.write_run_record(layout.run_info)
     tracking.log_artifact(layout.history, "history")
     tracking.log_artifact(layout.data_meta, "data")
     tracking.log_model(result.model, data.x_test)

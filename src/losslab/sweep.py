@@ -87,9 +87,11 @@ def _warm_up() -> int:
 
 def end_parent_run(
     uri: str, parent: str, total: int | None, sweep_dir: Path, interrupted: bool
-) -> None:
-    """End the parent run: FINISHED when every job finished, else FAILED (jobs failed) or
-    KILLED (the sweep was stopped); publish the report of the children either way."""
+) -> str | None:
+    """End the parent run: FINISHED when every job finished, else FAILED (jobs failed, or
+    their runs could not be logged in full) or KILLED (the sweep was stopped); publish the
+    report of the children either way. Return what the jobs did not say: runs that failed
+    while their jobs succeeded."""
     from mlflow.tracking import MlflowClient
 
     from losslab import report
@@ -107,15 +109,21 @@ def end_parent_run(
     best = _best_trial(sweep_dir)
     if best:
         client.set_tag(parent, "losslab.best_trial", best)
+    unsaid = None
     if not interrupted and not failed and finished == (total or len(children)):
         status = "FINISHED"
     elif total is None or accounted >= total:
-        status = "FAILED"
-        client.set_tag(parent, "losslab.error", f"{failed} of {accounted} job(s) failed")
+        status, error = "FAILED", f"{failed} of {accounted} job(s) failed"
+        if not failed:
+            errors = [r.data.tags.get("losslab.error") for r in children]
+            first = next((e for e in errors if e), "no run")
+            error = unsaid = f"{accounted - finished} job(s) could not be logged in full: {first}"
+        client.set_tag(parent, "losslab.error", error)
     else:
         status = "KILLED"
         client.set_tag(parent, "losslab.error", f"stopped after {accounted} of {total} jobs")
     client.set_terminated(parent, status)
+    return unsaid
 
 
 def _end_stopped_jobs(client: Any, children: list) -> None:
@@ -245,16 +253,17 @@ class Tracker:
         self.answered = True
         return self._answer()
 
-    def close(self, interrupted: bool) -> None:
+    def close(self, interrupted: bool) -> str | None:
         """End the parent run once every job's run has ended, and publish the report; raise
-        what prevented the parent run or its end."""
+        what prevented the parent run or its end, return what failed the parent run that no
+        job has said (:func:`end_parent_run`)."""
         try:
             if not self.answered:
                 with contextlib.suppress(Exception):  # the last answer repeats an error
                     self.parent_run_id()
             with contextlib.suppress(OSError):
                 self.connection.send(("close", interrupted))
-            self._answer()
+            return self._answer()
         finally:
             self.process.join()
 
@@ -282,71 +291,75 @@ def _track(listener: Any, connection: Any, sweep_end: Any) -> None:
 
     sweep_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the sweep says how it ended
-    os.nice(10)
+    os.nice(10)  # beside the workers, mostly the CPU time they leave
+    parent: Future = Future()
+    runs: list[threading.Thread] = []
+    # jobs connect at once and queue their messages, however far behind this process is
+    threading.Thread(target=_serve, args=(listener, runs, parent), daemon=True).start()
     import mlflow  # noqa: F401  while Hydra composes the sweep
 
     try:
-        _, store, parent, (total, sweep_dir) = connection.recv()
+        _, store, parent_run, (total, sweep_dir) = connection.recv()
     except (EOFError, OSError, Terminated):
         return
     try:
-        parent_run_id, refusal = start_parent_run(store, **parent), None
+        parent.set_result(start_parent_run(store, **parent_run))
         print(
-            f"losslab: sweep of {total or '?'} jobs, MLflow parent run {parent_run_id}",
+            f"losslab: sweep of {total or '?'} jobs, MLflow parent run {parent.result()}",
             file=sys.stderr,
             flush=True,
         )
     except Exception as error:  # each job is refused with it, the sweep reports it at its end
-        parent_run_id, refusal = None, tracking._picklable(error)
-    connection.send(("error", refusal) if refusal else ("parent", parent_run_id))
-    runs: list[threading.Thread] = []
-    serving = threading.Thread(target=_serve, args=(listener, runs, parent_run_id, refusal))
-    serving.daemon = True
-    serving.start()
+        parent.set_exception(tracking._picklable(error))
+    refusal = parent.exception()
+    connection.send(("error", refusal) if refusal else ("parent", parent.result()))
     import losslab.plots  # noqa: F401  Matplotlib, for the report
 
     try:
         interrupted = connection.recv()[1]
     except (EOFError, OSError, Terminated):  # the sweep's process is gone
         interrupted = True
-    outcome = refusal
+    outcome, unsaid = refusal, None
     try:
         deadline = time.monotonic() + Tracker.GRACE_S
         for thread in list(runs):
             thread.join(max(0.0, deadline - time.monotonic()) if interrupted else None)
-        if parent_run_id is not None:
+        if refusal is None:
             uri = tracking.client_uri(tracking.tracking_uri(store))
-            end_parent_run(uri, parent_run_id, total, sweep_dir, interrupted)
+            unsaid = end_parent_run(uri, parent.result(), total, sweep_dir, interrupted)
     except Exception as error:
         outcome = tracking._picklable(error)
     with contextlib.suppress(OSError):
-        connection.send(("error", outcome) if outcome else ("closed", None))
+        connection.send(("error", outcome) if outcome else ("closed", unsaid))
 
 
-def _serve(
-    listener: Any, runs: list[threading.Thread], parent: str | None, refusal: Exception | None
-) -> None:
-    """Hold each connecting job's run, as a child of ``parent``, on a thread of its own; or
-    refuse it, with the error that left the sweep without a parent run."""
+def _serve(listener: Any, runs: list[threading.Thread], parent: Future) -> None:
+    """Take each connecting job on a thread of its own."""
     from multiprocessing import AuthenticationError
-
-    from losslab.tracking import hold_run
 
     while True:
         try:
             connection = listener.accept()
         except (EOFError, ConnectionError, AuthenticationError):  # not a job of this sweep
             continue
-        if refusal is not None:
-            with contextlib.suppress(OSError):
-                connection.send(("ended", refusal))
-            connection.close()
-            continue
-        thread = threading.Thread(
-            target=hold_run, args=(connection, {"mlflow.parentRunId": parent}), daemon=True
-        )
+        thread = threading.Thread(target=_hold_job, args=(connection, parent), daemon=True)
         thread.start()
         runs.append(thread)
+
+
+def _hold_job(connection: Any, parent: Future) -> None:
+    """Hold a job's run as a child of the ``parent`` run, once that exists; or refuse it with
+    the error that left the sweep without a parent run."""
+    from losslab.tracking import hold_run
+
+    try:
+        parent_run_id = parent.result()
+    except Exception as refusal:
+        with contextlib.suppress(OSError):
+            connection.send(("ended", refusal))
+        connection.close()
+        return
+    hold_run(connection, {"mlflow.parentRunId": parent_run_id})
 
 
 class SweepTracker(Callback):
@@ -470,7 +483,9 @@ class SweepTracker(Callback):
             return
         tracker, self.tracker = self.tracker, None
         with reported_errors("losslab"):
-            tracker.close(interrupted)
+            unsaid = tracker.close(interrupted)
+        if unsaid:
+            print(f"losslab: error: {unsaid}", file=sys.stderr)
 
 
 def _runs_jobs_here(launcher: DictConfig) -> bool:

@@ -305,11 +305,11 @@ def run(
             run_id=run_id,
             experiment_id=None if run_id else experiment_id,
             run_name=tags.get("mlflow.runName"),
+            tags={**tags, **holder_tags()},  # with the run's creation: no call of their own
         )
         try:
-            mlflow.set_tags(holder_tags())
             if describe:
-                _describe(active.info.run_id, cfg, tags, list(overrides))
+                _describe(active.info.run_id, cfg, list(overrides))
             yield active
         except (KeyboardInterrupt, Terminated) as stop:
             _end(RunStatus.KILLED, str(stop) or "interrupted")
@@ -344,16 +344,12 @@ def _end(status: int, error: str | None = None) -> None:
     mlflow.end_run(RunStatus.to_string(status))
 
 
-def _describe(run_id: str, cfg: DictConfig, tags: dict[str, str], overrides: list[str]) -> None:
-    """Params, tags and the resolved config of a new run."""
+def _describe(run_id: str, cfg: DictConfig, overrides: list[str]) -> None:
+    """Params and the resolved config of a new run."""
     import mlflow
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
-    _log_batch_in_background(
-        run_id,
-        params=[Param(k, v) for k, v in config_params(cfg).items()],
-        tags=[RunTag(k, v) for k, v in tags.items()],
-    )
+    _log_batch_in_background(run_id, params=[Param(k, v) for k, v in config_params(cfg).items()])
     mlflow.log_dict(public_config(cfg), "config/config.yaml")
     mlflow.log_text(masked_uri("\n".join(overrides)) + "\n", "config/overrides.txt")
 
@@ -383,12 +379,15 @@ class EpochMetrics:
         self.pending, self.last_flush = [], time.monotonic()
 
 
+def logging() -> bool:
+    """Whether there is a run to log to, held here or by a side process; every log function
+    below is a no-op without one."""
+    return _SIDE is not None or active_run_id() is not None
+
+
 def active_run_id() -> str | None:
-    """The run to log to; every log function below is a no-op without one. A process that
-    never imported MLflow has none unless its side process holds one, and asking must not
-    import MLflow."""
-    if _SIDE is not None:
-        return _SIDE.record["run_id"]
+    """The run this process holds. A process that never imported MLflow holds none, and asking
+    must not import MLflow."""
     mlflow = sys.modules.get("mlflow")
     run = mlflow.active_run() if mlflow is not None else None
     return run.info.run_id if run is not None else None
@@ -406,8 +405,27 @@ def run_record() -> dict[str, str | None]:
     return {"run_id": run_id, "tracking_uri": masked_uri(mlflow.get_tracking_uri())}
 
 
+def write_run_record(path: Path) -> None:
+    """``run.json``: the run's :func:`run_record`, for the DVC stages after train. The process
+    that holds the run writes it, in turn with what it logs: a sweep's job never waits for its
+    run's id (its tracker may still be starting), and a command's side process has written it
+    by the time the command ends."""
+    from losslab.storage import write_json
+
+    if logging():
+        _log("record", str(path))
+    else:
+        write_json(path, run_record())
+
+
+def _write_record_here(path: str) -> None:
+    from losslab.storage import write_json
+
+    write_json(Path(path), run_record())
+
+
 def epoch_metrics() -> EpochMetrics | None:
-    return EpochMetrics() if active_run_id() else None
+    return EpochMetrics() if logging() else None
 
 
 def log_artifact(path: Path, folder: str) -> None:
@@ -439,7 +457,7 @@ def log_model(model: Any, example: Any) -> None:
     predicts the example; the process that holds the run files them without Keras
     (:class:`_KerasFile`), so a side process never imports TensorFlow.
     """
-    if not active_run_id():
+    if not logging():
         return
     import keras
 
@@ -619,6 +637,7 @@ _LOG_HERE = {
     "metrics": _log_metrics_here,
     "dataset": _log_dataset_here,
     "model": _log_model_here,
+    "record": _write_record_here,
 }
 
 
@@ -659,7 +678,7 @@ class SideProcess:
 
     def __init__(self, connection: Any, process: Any = None) -> None:
         self.connection, self.process = connection, process
-        self.record: dict[str, str | None] = {}
+        self.run_record: dict[str, str | None] | None = None
         self.ended = False
 
     @classmethod
@@ -714,11 +733,12 @@ class SideProcess:
         global _SIDE, _AHEAD
         side, _AHEAD = _AHEAD or cls.for_run(), None
         try:
-            with contextlib.suppress(OSError):  # a side process already gone: started() says so
+            with contextlib.suppress(OSError):  # a side process already gone: the record says so
                 side.connection.send(run_args)
             import losslab.training  # noqa: F401  TensorFlow, while the side process opens the store
 
-            side.record = side.started()
+            if side.process is not None:  # the store's refusal, before any output is written
+                side.wait_until_started()
             _SIDE = side
             yield
         except BaseException as error:
@@ -728,14 +748,20 @@ class SideProcess:
         _SIDE = None
         side.end(None)
 
-    def started(self) -> dict[str, str | None]:
-        """The run's record once the side process has started it; its error if it could not."""
-        kind, value = self._receive()
-        if kind == "ended":
-            self.ended = True
-            self._join()
-            raise value
-        return value
+    def wait_until_started(self) -> dict[str, str | None]:
+        """The run's record (:func:`run_record`) once the side process has started the run;
+        its error if it could not. A sweep's job asks only after training, by when the tracker
+        has long started the run, so that it never waits for it."""
+        if self.run_record is None:
+            kind, value = self._receive()
+            if kind == "ended":
+                self.ended = True
+                self._join()
+                raise value
+            self.run_record = value
+        return self.run_record
+
+    record = property(wait_until_started)
 
     def send(self, name: str, *args: Any) -> None:
         """Queue ``name(*args)`` for the side process. The background thread sends it, so a full
@@ -754,7 +780,7 @@ class SideProcess:
         queued.clear()
         with contextlib.suppress(OSError):  # a side process that died is reported below
             self.connection.send(("end", _picklable(error)))
-        if self.process is None:
+        if self.process is None:  # the sweep's tracker: it reports errors at the sweep's end
             self.connection.close()
             return
         outcome = None
@@ -809,7 +835,8 @@ def hold_run(connection: Any, tags: dict[str, str] | None = None) -> None:
 
         *run_args, extra_tags = connection.recv()
         with run(*run_args, extra_tags={**(extra_tags or {}), **(tags or {})}):
-            connection.send(("started", run_record()))
+            with contextlib.suppress(OSError):  # a sweep's job may be gone, its messages not
+                connection.send(("started", run_record()))
             while (message := _next(connection))[0] != "end":
                 name, args = message
                 _LOG_HERE[name](*args)
