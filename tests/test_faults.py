@@ -232,6 +232,7 @@ def test_killed_sweep_process_leaves_its_tracker_to_end_every_run_killed(tmp_pat
     """Nothing runs on the way out of the sweep's own process: its tracker, which holds the
     parent run and the jobs' runs, ends them all KILLED when that process is gone."""
     uri, sweep_dir = store(tmp_path), tmp_path / "sweep"
+    make_experiment(uri)  # the store exists, so this test's polling does not race its creation
     cmd = [LOSSLAB, "-m", "experiment=reg_mse", "seed=range(0,40)", "hydra/launcher=joblib"]
     cmd += [*TINY, f"hydra.sweep.dir={sweep_dir}"]
     with (tmp_path / "out.txt").open("w") as out:
