@@ -273,6 +273,27 @@ def test_sweep_on_an_unreachable_tracking_server_is_one_line(tmp_path):
     assert not list(sweep_dir.glob("*/metrics.json"))  # no job ran
 
 
+def test_sqlite_store_in_a_folder_that_cannot_exist_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    uri = f"sqlite:///{blocker / 'mlflow.db'}"
+    sweep_dir = tmp_path / "sweep"
+    single = losslab(tmp_path, uri)
+    sweep = run(
+        [LOSSLAB, "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep_dir}"], tmp_path, uri, sweep_dir
+    )
+    for outcome in (single, sweep):
+        assert outcome.done.returncode == 2, outcome.text
+        assert "Traceback" not in outcome.done.stderr + outcome.done.stdout, outcome.text
+        (line,) = error_lines(outcome, "losslab")
+        assert line.startswith(
+            f"losslab: error: tracking.uri: cannot keep the SQLite store in {blocker}"
+        ), line
+        assert "writable folder" in line
+    assert_only_hydra_files(single.out)
+    assert not list(sweep_dir.glob("*/metrics.json"))  # no job ran
+
+
 def test_unreachable_tracking_server_writes_no_data(tmp_path):
     outcome = losslab(tmp_path, f"http://127.0.0.1:{closed_port()}")
     assert outcome.done.returncode == 2, outcome.text

@@ -1,7 +1,7 @@
 """A Hydra callback that turns a multirun into one parent MLflow run with a child run per job.
 
-``on_multirun_start`` has the store, the experiment and the parent run created before any job
-starts (parallel jobs opening a fresh SQLite store race its schema migration otherwise).
+``on_multirun_start`` has the store, the experiment and the parent run created before any
+job's run (parallel jobs opening a fresh SQLite store race its schema migration otherwise).
 Each job learns where to log in ``on_job_start`` (which runs in the job's own process, for the
 joblib and Ray launchers too), reports progress in ``on_job_end``, and ``on_multirun_end``
 ends the parent with the sweep's outcome and writes the report into it.
@@ -191,11 +191,12 @@ class Tracker:
 
     It is forked as ``losslab -m`` starts, so that it imports MLflow and opens the store while
     Hydra composes the sweep, and workers never do: two workers doing so on two cores took 2 to
-    3 s each before their first jobs. It runs at a lower priority than the workers, in the CPU
-    time they leave. Jobs reach it over a socket (``$LOSSLAB_TRACKER``) and hand it their runs
-    as a single run hands its run to a side process. Ctrl-C goes to the sweep's own process,
-    which tells it that the sweep was stopped; if that process dies, it ends the sweep's runs
-    KILLED itself.
+    3 s each before their first jobs. It runs at a lower priority than the workers, mostly in
+    the CPU time they leave, and jobs never wait for it: they reach it over a socket
+    (``$LOSSLAB_TRACKER``) at once and hand it their runs as a single run hands its run to a
+    side process, and it catches up while the last jobs run. Ctrl-C goes to the sweep's own
+    process, which tells it that the sweep was stopped; if that process dies, it ends the
+    sweep's runs KILLED itself.
     """
 
     GRACE_S = 10.0  # how long a stopped sweep's runs may take to end before they end KILLED
@@ -397,7 +398,7 @@ class SweepTracker(Callback):
         self.sweep_dir = Path(hydra_cfg.sweep.dir).absolute()  # Ray workers start elsewhere
         (self.sweep_dir / _PROGRESS).mkdir(parents=True, exist_ok=True)
         if config.tracking.enabled:
-            tracking.check_reachable(tracking.tracking_uri(config))
+            tracking.check_store(tracking.tracking_uri(config))
         tracker = Tracker.take(config.tracking.enabled)
         workers = _Workers.of(hydra_cfg.launcher)
         warming = workers.warm_up() if workers else None

@@ -92,23 +92,41 @@ def prepare(cfg: DictConfig) -> str:
     import mlflow
 
     uri = tracking_uri(cfg)
-    check_reachable(uri)
+    check_store(uri)
     mlflow.set_tracking_uri(client_uri(uri))
     if uri.startswith("sqlite:///"):
         from filelock import FileLock
 
         db_path = Path(uri.removeprefix("sqlite:///"))
-        db_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{db_path}.lock"):
             artifacts = (db_path.parent / "mlartifacts").as_uri()
             return _experiment_id(cfg.tracking.experiment, artifacts)
     return _experiment_id(cfg.tracking.experiment, None)
 
 
-def check_reachable(uri: str) -> None:
-    """That a tracking server answers (nothing to check for a local store)."""
-    if not uri.startswith(("http://", "https://")):
-        return
+def check_store(uri: str) -> None:
+    """What can be told of a store without MLflow: that a SQLite file's folder exists or can be
+    made, and can be written; that a tracking server answers."""
+    if uri.startswith("sqlite:///"):
+        _check_folder(Path(uri.removeprefix("sqlite:///")).parent)
+    if uri.startswith(("http://", "https://")):
+        _check_reachable(uri)
+
+
+def _check_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        reason = None if os.access(folder, os.W_OK) else "not writable"
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+    if reason:
+        raise ConfigError(
+            f"tracking.uri: cannot keep the SQLite store in {folder} ({reason}); point "
+            "tracking.uri or MLFLOW_TRACKING_URI at a writable folder"
+        )
+
+
+def _check_reachable(uri: str) -> None:
     import requests
 
     try:
@@ -379,7 +397,7 @@ class EpochMetrics:
         self.pending, self.last_flush = [], time.monotonic()
 
 
-def logging() -> bool:
+def has_run() -> bool:
     """Whether there is a run to log to, held here or by a side process; every log function
     below is a no-op without one."""
     return _SIDE is not None or active_run_id() is not None
@@ -412,7 +430,7 @@ def write_run_record(path: Path) -> None:
     by the time the command ends."""
     from losslab.storage import write_json
 
-    if logging():
+    if has_run():
         _log("record", str(path))
     else:
         write_json(path, run_record())
@@ -425,7 +443,7 @@ def _write_record_here(path: str) -> None:
 
 
 def epoch_metrics() -> EpochMetrics | None:
-    return EpochMetrics() if logging() else None
+    return EpochMetrics() if has_run() else None
 
 
 def log_artifact(path: Path, folder: str) -> None:
@@ -457,7 +475,7 @@ def log_model(model: Any, example: Any) -> None:
     predicts the example; the process that holds the run files them without Keras
     (:class:`_KerasFile`), so a side process never imports TensorFlow.
     """
-    if not logging():
+    if not has_run():
         return
     import keras
 
@@ -733,7 +751,7 @@ class SideProcess:
         global _SIDE, _AHEAD
         side, _AHEAD = _AHEAD or cls.for_run(), None
         try:
-            with contextlib.suppress(OSError):  # a side process already gone: the record says so
+            with contextlib.suppress(OSError):  # a side process already gone says so below
                 side.connection.send(run_args)
             import losslab.training  # noqa: F401  TensorFlow, while the side process opens the store
 
@@ -750,8 +768,7 @@ class SideProcess:
 
     def wait_until_started(self) -> dict[str, str | None]:
         """The run's record (:func:`run_record`) once the side process has started the run;
-        its error if it could not. A sweep's job asks only after training, by when the tracker
-        has long started the run, so that it never waits for it."""
+        its error if it could not. A sweep's job never asks (:func:`write_run_record`)."""
         if self.run_record is None:
             kind, value = self._receive()
             if kind == "ended":
