@@ -696,7 +696,7 @@ class SideProcess:
 
     def __init__(self, connection: Any, process: Any = None) -> None:
         self.connection, self.process = connection, process
-        self.run_record: dict[str, str | None] | None = None
+        self._record: dict[str, str | None] | None = None
         self.ended = False
 
     @classmethod
@@ -769,14 +769,14 @@ class SideProcess:
     def wait_until_started(self) -> dict[str, str | None]:
         """The run's record (:func:`run_record`) once the side process has started the run;
         its error if it could not. A sweep's job never asks (:func:`write_run_record`)."""
-        if self.run_record is None:
+        if self._record is None:
             kind, value = self._receive()
             if kind == "ended":
                 self.ended = True
                 self._join()
                 raise value
-            self.run_record = value
-        return self.run_record
+            self._record = value
+        return self._record
 
     record = property(wait_until_started)
 
