@@ -18,6 +18,7 @@ import contextlib
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -202,20 +203,10 @@ class Tracker:
     GRACE_S = 10.0  # how long a stopped sweep's runs may take to end before they end KILLED
 
     def __init__(self) -> None:
-        import multiprocessing
-
         from losslab import tracking
 
-        sys.stdout.flush()  # output still buffered would be printed twice
-        sys.stderr.flush()
         listener, self.address = tracking.listen()
-        context = multiprocessing.get_context("fork")
-        self.connection, tracker_end = context.Pipe()
-        self.process = context.Process(
-            target=_track, args=(listener, tracker_end, self.connection), name="losslab-tracking"
-        )
-        self.process.start()
-        tracker_end.close()  # the tracker's exit then reads as the end of the pipe
+        self.connection, self.process = tracking.fork_with_pipe(_track, listener)
         listener.close()  # the tracker's copy listens
         self.answered = False
 
@@ -285,7 +276,7 @@ class Tracker:
 _AHEAD: Tracker | None = None
 
 
-def _track(listener: Any, connection: Any, sweep_end: Any) -> None:
+def _track(connection: Any, sweep_end: Any, listener: Any) -> None:
     """The tracking process: the parent run as the sweep asks, the jobs' runs as they come."""
     from losslab import tracking
     from losslab.cli import Terminated
@@ -294,9 +285,9 @@ def _track(listener: Any, connection: Any, sweep_end: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the sweep says how it ended
     os.nice(10)  # beside the workers, mostly the CPU time they leave
     parent: Future = Future()
-    runs: list[threading.Thread] = []
+    jobs = _Jobs()
     # jobs connect at once and queue their messages, however far behind this process is
-    threading.Thread(target=_serve, args=(listener, runs, parent), daemon=True).start()
+    threading.Thread(target=_serve, args=(listener, jobs, parent), daemon=True).start()
     import mlflow  # noqa: F401  while Hydra composes the sweep
 
     try:
@@ -311,9 +302,10 @@ def _track(listener: Any, connection: Any, sweep_end: Any) -> None:
             flush=True,
         )
     except Exception as error:  # each job is refused with it, the sweep reports it at its end
-        parent.set_exception(tracking._picklable(error))
+        parent.set_exception(tracking.picklable(error))
     refusal = parent.exception()
-    connection.send(("error", refusal) if refusal else ("parent", parent.result()))
+    with contextlib.suppress(OSError):  # the sweep's process is gone: below, as stopped
+        connection.send(("error", refusal) if refusal else ("parent", parent.result()))
     import losslab.plots  # noqa: F401  Matplotlib, for the report
 
     try:
@@ -322,20 +314,52 @@ def _track(listener: Any, connection: Any, sweep_end: Any) -> None:
         interrupted = True
     outcome, unsaid = refusal, None
     try:
-        deadline = time.monotonic() + Tracker.GRACE_S
-        for thread in list(runs):
-            thread.join(max(0.0, deadline - time.monotonic()) if interrupted else None)
+        jobs.end(interrupted)
         if refusal is None:
             uri = tracking.client_uri(tracking.tracking_uri(store))
             unsaid = end_parent_run(uri, parent.result(), total, sweep_dir, interrupted)
     except Exception as error:
-        outcome = tracking._picklable(error)
+        outcome = tracking.picklable(error)
     with contextlib.suppress(OSError):
         connection.send(("error", outcome) if outcome else ("closed", unsaid))
 
 
-def _serve(listener: Any, runs: list[threading.Thread], parent: Future) -> None:
-    """Take each connecting job on a thread of its own."""
+class _Jobs:
+    """The jobs whose runs the tracker holds, each on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[threading.Thread, Any]] = []
+        self.lock = threading.Lock()
+        self.ended = False
+
+    def take(self, connection: Any, parent: Future) -> None:
+        """Hold the run of the job at ``connection``; a job that comes after the sweep's end
+        (a worker that outlived a killed sweep) is turned away, before it has a run."""
+        with self.lock:
+            if self.ended:
+                connection.close()
+                return
+            thread = threading.Thread(target=_hold_job, args=(connection, parent), daemon=True)
+            thread.start()
+            self.held.append((thread, connection))
+
+    def end(self, interrupted: bool) -> None:
+        """Wait until every run has ended. After a stopped sweep, jobs still under way after
+        the grace period are cut off, and their runs end KILLED as for a job that died."""
+        with self.lock:
+            self.ended = True
+        deadline = time.monotonic() + Tracker.GRACE_S
+        for thread, _ in self.held:
+            thread.join(max(0.0, deadline - time.monotonic()) if interrupted else None)
+        for thread, connection in self.held:
+            if thread.is_alive():
+                with contextlib.suppress(OSError):  # wakes the thread's read with end-of-file
+                    socket.socket(fileno=os.dup(connection.fileno())).shutdown(socket.SHUT_RDWR)
+                thread.join(Tracker.GRACE_S)
+
+
+def _serve(listener: Any, jobs: _Jobs, parent: Future) -> None:
+    """Take each connecting job."""
     from multiprocessing import AuthenticationError
 
     while True:
@@ -343,9 +367,7 @@ def _serve(listener: Any, runs: list[threading.Thread], parent: Future) -> None:
             connection = listener.accept()
         except (EOFError, ConnectionError, AuthenticationError):  # not a job of this sweep
             continue
-        thread = threading.Thread(target=_hold_job, args=(connection, parent), daemon=True)
-        thread.start()
-        runs.append(thread)
+        jobs.take(connection, parent)
 
 
 def _hold_job(connection: Any, parent: Future) -> None:

@@ -659,6 +659,22 @@ _LOG_HERE = {
 }
 
 
+def fork_with_pipe(target: Any, *args: Any) -> tuple[Any, Any]:
+    """This process's end of a pipe, and a forked process running ``target(its end, this
+    end, *args)``, which should close this end so that this process's exit reads as the end of
+    the pipe; its own end is closed here, for the same reason the other way round."""
+    import multiprocessing
+
+    sys.stdout.flush()  # output still buffered would be printed twice
+    sys.stderr.flush()
+    context = multiprocessing.get_context("fork")
+    here, there = context.Pipe()
+    process = context.Process(target=target, args=(there, here, *args), name="losslab-tracking")
+    process.start()
+    there.close()
+    return here, process
+
+
 TRACKER_ENV = "LOSSLAB_TRACKER"
 """How a sweep's job reaches the sweep's tracking process (``losslab.sweep.Tracker``)."""
 
@@ -701,20 +717,9 @@ class SideProcess:
 
     @classmethod
     def fork(cls) -> SideProcess:
-        import multiprocessing
-
         # Forked before TensorFlow starts its threads, and before anything is logged here (the
-        # background thread does not exist yet). Output still buffered would be printed twice.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        context = multiprocessing.get_context("fork")
-        connection, side_end = context.Pipe()
-        process = context.Process(
-            target=_hold, args=(side_end, connection), name="losslab-tracking"
-        )
-        process.start()
-        side_end.close()  # the side process's exit then reads as the end of the pipe
-        return cls(connection, process)
+        # background thread does not exist yet).
+        return cls(*fork_with_pipe(_hold))
 
     @classmethod
     def for_run(cls) -> SideProcess:
@@ -796,7 +801,7 @@ class SideProcess:
         wait(queued)  # every message sent (or failed) before this one, never beside it
         queued.clear()
         with contextlib.suppress(OSError):  # a side process that died is reported below
-            self.connection.send(("end", _picklable(error)))
+            self.connection.send(("end", picklable(error)))
         if self.process is None:  # the sweep's tracker: it reports errors at the sweep's end
             self.connection.close()
             return
@@ -862,7 +867,7 @@ def hold_run(connection: Any, tags: dict[str, str] | None = None) -> None:
     except BaseException as error:  # the main process reports it
         outcome = error
     with contextlib.suppress(OSError):
-        connection.send(("ended", _picklable(outcome)))
+        connection.send(("ended", picklable(outcome)))
 
 
 def _next(connection: Any) -> tuple[str, Any]:
@@ -872,7 +877,7 @@ def _next(connection: Any) -> tuple[str, Any]:
         raise Terminated("the losslab process ended before its run did") from None
 
 
-def _picklable(error: BaseException | None) -> BaseException | None:
+def picklable(error: BaseException | None) -> BaseException | None:
     """``error`` as it can cross to the other process, else a RuntimeError with its text."""
     if error is None:
         return None
