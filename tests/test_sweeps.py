@@ -10,6 +10,7 @@ the test chose.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import subprocess
@@ -169,6 +170,8 @@ def test_multirun_publishes_report_to_sweep_dir_and_parent(three_loss_sweep: Swe
         assert row["metric"] == "test_mse"
         assert float(row["mean"]) == pytest.approx(child.data.metrics["test_mse"], abs=5e-5)
         assert float(row["test_loss"]) == pytest.approx(child.data.metrics["test_loss"], abs=5e-5)
+        train_seconds = child.data.metrics["train_seconds"]
+        assert float(row["train_s"]) == pytest.approx(train_seconds, abs=0.05)
     markdown = (report / "report.md").read_text(encoding="utf-8")
     assert all(label in markdown for label in rows)
 
@@ -186,6 +189,20 @@ def test_untracked_sweep_touches_no_store(tmp_path: Path) -> None:
     assert len(progress_lines(sweep.done.stderr)) == 2
     assert not (tmp_path / "mlruns").exists()
     assert sorted(p.name for p in sweep.sweep_dir.glob("*/metrics.json")) == ["metrics.json"] * 2
+    # the report, from the jobs' folders
+    with (sweep.sweep_dir / "report" / "report.csv").open(newline="") as handle:
+        rows = {row["configuration"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"regression·mse·sgd", "regression·mae·sgd"}
+    for loss in ("mse", "mae"):
+        (job,) = [
+            folder
+            for folder in sweep.sweep_dir.iterdir()
+            if (folder / "metrics.json").is_file()
+            and f"loss={loss}" in (folder / ".hydra" / "overrides.yaml").read_text()
+        ]
+        test_mse = json.loads((job / "metrics.json").read_text())["test"]["mse"]
+        assert float(rows[f"regression·{loss}·sgd"]["mean"]) == pytest.approx(test_mse, abs=5e-5)
+    assert_png(sweep.sweep_dir / "report" / "curves_regression.png", 1000)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,7 +352,7 @@ def store(tmp_path: Path, tracking_uri: str) -> Store:
 def configurations(store: Store, parent: str) -> list:
     from losslab import report
 
-    return report.group(report.child_runs(store.client, parent))
+    return report.group(report.from_store(store.client, report.child_runs(store.client, parent)))
 
 
 def test_report_drawn_by_two_processes_is_the_report_drawn_by_one(
@@ -345,8 +362,8 @@ def test_report_drawn_by_two_processes_is_the_report_drawn_by_one(
 
     found = configurations(store, store.circles_parent)
     found += configurations(store, store.regression_parent)
-    alone = report.draw(store.client, found, tmp_path / "alone")
-    shared = report.draw(store.client, found, tmp_path / "shared", processes=2)
+    alone = report.draw(found, tmp_path / "alone", lambda calls: [call() for call in calls])
+    shared = report.draw(found, tmp_path / "shared")  # one process per core
     assert (
         [p.name for p in shared]
         == [p.name for p in alone]
@@ -366,7 +383,7 @@ def test_group_forms_one_configuration_per_params_less_seed(store: Store) -> Non
     assert [c.label for c in found] == [label(CIRCLES, "bce"), label(CIRCLES, "hinge")]
     for c in found:
         assert len(c.runs) == 3  # the FAILED child is left out
-        assert sorted(r.data.params["seed"] for r in c.runs) == ["0", "1", "2"]
+        assert sorted(r.params["seed"] for r in c.runs) == ["0", "1", "2"]
         assert "seed" not in c.params
         assert c.metric == "accuracy" and c.goal == "max"
         assert sorted(c.values) == sorted(CIRCLE_VALUES[c.params["loss.name"]])

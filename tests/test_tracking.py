@@ -585,6 +585,38 @@ def test_a_side_process_that_dies_fails_the_command_and_leaves_the_run_to_the_do
     assert "after" not in run.data.metrics
 
 
+CHILD_TWO_RUNS = textwrap.dedent(
+    """
+    import sys
+    from hydra import compose, initialize_config_dir
+    from losslab import tracking
+    from losslab.app import CONF_DIR
+    from losslab.config import validate
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = validate(compose("config", overrides=["experiment=reg_mse"]))
+    for value in (1.0, 2.0):  # the first run leaves this process's background thread running
+        with tracking.run(cfg, "cli", beside=True):
+            tracking.log_metrics({"value": value})
+            print("run", tracking.run_record()["run_id"], flush=True)
+    """
+)
+
+
+def test_one_process_hands_one_run_after_another_to_side_processes(tracking_uri, tmp_path):
+    """Each side process is forked from a process whose background thread already sends (the
+    second one's copy of that thread would not exist, and its own logging would never run)."""
+    done = run_command([sys.executable, "-c", CHILD_TWO_RUNS], tmp_path, tracking_uri, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_ids = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("run ")]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = [client.get_run(run_id) for run_id in run_ids]
+    assert [(r.info.status, r.data.metrics["value"]) for r in runs] == [
+        ("FINISHED", 1.0),
+        ("FINISHED", 2.0),
+    ]
+
+
 CHILD_AHEAD = textwrap.dedent(
     """
     import sys

@@ -1,5 +1,6 @@
 """``losslab-report``: compare runs from MLflow, with seed-to-seed spread.
 
+A sweep writes the same report from its jobs' folders (:func:`from_folders`), tracked or not.
 Runs that differ only by seed form one configuration. For each: n, the final test metric as
 mean ± std and min/max, test loss, success rate where the dataset defines one, train time; an
 overlay of validation curves (mean ± std band), a bar chart with error bars, and one sentence
@@ -14,6 +15,7 @@ import functools
 import io
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,28 @@ IGNORED_PARAMS = ("seed", "trainer.verbose", "tracking.uri", "tracking.experimen
 SECONDS_METRIC = "train_seconds"
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """What the report needs of one finished run, read from MLflow (:func:`from_store`) or
+    from a sweep job's folder (:func:`from_folders`): the same names either way."""
+
+    run_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    curves: dict[str, list[float]]
+
+
+def _curve_names(loss_name: str) -> list[str]:
+    return ["val_loss", f"val_{losses.get(loss_name).metrics[0]}"]
+
+
 @dataclass
 class Configuration:
     """Runs of one configuration (all params equal but the seed)."""
 
     key: tuple
     params: dict[str, str]
-    runs: list[Any] = field(default_factory=list)
+    runs: list[RunResult] = field(default_factory=list)
     label: str = ""
 
     @property
@@ -48,7 +65,7 @@ class Configuration:
         return losses.METRIC_GOALS[self.metric]
 
     def finals(self, name: str) -> np.ndarray:
-        values = [run.data.metrics.get(name) for run in self.runs]
+        values = [run.metrics.get(name) for run in self.runs]
         return np.array([v for v in values if v is not None], dtype=float)
 
     @property
@@ -79,13 +96,45 @@ def child_runs(client: Any, parent_run_id: str) -> list[Any]:
     )
 
 
-def group(runs: list[Any]) -> list[Configuration]:
-    """Finished runs grouped by their params less the seed; labels made unique."""
+def from_store(client: Any, runs: list[Any]) -> list[RunResult]:
+    """The finished losslab runs among MLflow ``runs``, with the curves the figures show."""
+    found = []
+    for run in runs:
+        params = run.data.params
+        if run.info.status != "FINISHED" or "loss.name" not in params:
+            continue
+        curves = {}
+        for name in _curve_names(params["loss.name"]):
+            points = client.get_metric_history(run.info.run_id, name)
+            curves[name] = [m.value for m in sorted(points, key=lambda m: m.step)]
+        found.append(RunResult(run.info.run_id, params, run.data.metrics, curves))
+    return found
+
+
+def from_folders(folders: list[Path]) -> list[RunResult]:
+    """The runs of a sweep's finished jobs, from the files each wrote into its folder: Hydra's
+    config, ``metrics.json``, and the training's history and time. No store is needed, so an
+    untracked sweep gets its report too, and a tracked one without waiting for its logging."""
+    from omegaconf import OmegaConf
+
+    from losslab import steps, tracking
+    from losslab.config import validate
+    from losslab.storage import read_history_csv, read_json
+
+    found = []
+    for folder in folders:
+        layout = steps.Layout(folder)
+        params = tracking.param_values(validate(OmegaConf.load(folder / ".hydra" / "config.yaml")))
+        metrics = {**tracking.final_metrics(read_json(layout.metrics)), **read_json(layout.train)}
+        found.append(RunResult(str(folder), params, metrics, read_history_csv(layout.history)))
+    return found
+
+
+def group(runs: list[RunResult]) -> list[Configuration]:
+    """Runs grouped by their params less the seed; labels made unique."""
     configurations: dict[tuple, Configuration] = {}
     for run in runs:
-        if run.info.status != "FINISHED" or "loss.name" not in run.data.params:
-            continue
-        params = {k: v for k, v in run.data.params.items() if k not in IGNORED_PARAMS}
+        params = {k: v for k, v in run.params.items() if k not in IGNORED_PARAMS}
         key = tuple(sorted(params.items()))
         configurations.setdefault(key, Configuration(key, params)).runs.append(run)
     found = sorted(configurations.values(), key=lambda c: (c.dataset, c.params["loss.name"]))
@@ -175,30 +224,8 @@ def comparisons(configurations: list[Configuration]) -> list[str]:
     return sentences
 
 
-Histories = dict[tuple[str, str], list[float]]
-"""Metric histories by (run id, metric name)."""
-
-
-def _curve_names(configuration: Configuration) -> list[str]:
-    return ["val_loss", f"val_{configuration.metric}"]
-
-
-def read_histories(client: Any, configurations: list[Configuration]) -> Histories:
-    """Every curve the figures show, read from the store before drawing, so that drawing
-    needs no store and several processes can share it."""
-    histories: Histories = {}
-    for configuration in configurations:
-        for run in configuration.runs:
-            for name in _curve_names(configuration):
-                points = client.get_metric_history(run.info.run_id, name)
-                histories[run.info.run_id, name] = [
-                    m.value for m in sorted(points, key=lambda m: m.step)
-                ]
-    return histories
-
-
-def _stacked(histories: Histories, configuration: Configuration, name: str) -> np.ndarray | None:
-    curves = [histories.get((run.info.run_id, name)) for run in configuration.runs]
+def _stacked(configuration: Configuration, name: str) -> np.ndarray | None:
+    curves = [run.curves.get(name) for run in configuration.runs]
     if not curves or not all(curves):
         return None
     length = min(len(c) for c in curves)
@@ -206,57 +233,62 @@ def _stacked(histories: Histories, configuration: Configuration, name: str) -> n
 
 
 def draw(
-    client: Any, configurations: list[Configuration], out_dir: Path, processes: int = 1
+    configurations: list[Configuration],
+    out_dir: Path,
+    run_all: Callable[[list[Callable[[], None]]], Any] | None = None,
 ) -> list[Path]:
     """Validation curves per dataset (mean ± std band) and the final test metric with errors.
 
-    ``processes`` share the figures: this one and forks of it. Matplotlib spends about 0.4 s
-    of CPU on each figure, and a sweep draws its report when every core is free.
+    Matplotlib spends about 0.4 s of CPU on each figure: ``run_all`` calls the figures'
+    drawing functions, by default shared between this process and forks of it, one per core
+    (a sweep hands them to its idle workers, which have Matplotlib imported).
     """
-    import multiprocessing
-
-    histories = read_histories(client, configurations)
     datasets = sorted({c.dataset for c in configurations})
     figures = [
-        (out_dir / f"curves_{d}.png", functools.partial(_curves, histories, configurations, d))
+        (out_dir / f"curves_{d}.png", functools.partial(_curves, configurations, d))
         for d in datasets
     ]
     figures.append(
         (out_dir / "test_metric.png", functools.partial(_test_metric, configurations, datasets))
     )
-    count = max(1, min(processes, len(figures)))
-    shares = [figures[i::count] for i in range(count)]
+    (run_all or _in_forks)([functools.partial(figure, target) for target, figure in figures])
+    return [target for target, _ in figures]
+
+
+def _in_forks(calls: list[Callable[[], None]]) -> None:
+    """Share ``calls`` between this process and forks of it, one process per core."""
+    import multiprocessing
+
+    count = max(1, min(os.cpu_count() or 1, len(calls)))
+    shares = [calls[i::count] for i in range(count)]
     helpers = [
-        multiprocessing.get_context("fork").Process(target=_draw_all, args=(share,))
+        multiprocessing.get_context("fork").Process(target=_call_all, args=(share,))
         for share in shares[1:]
     ]
     for helper in helpers:
         helper.start()
-    _draw_all(shares[0])
+    _call_all(shares[0])
     for helper in helpers:
         helper.join()
         if helper.exitcode != 0:
             raise RuntimeError(f"a process drawing the report failed (exit code {helper.exitcode})")
-    return [target for target, _ in figures]
 
 
-def _draw_all(figures: list[tuple[Path, Any]]) -> None:
-    for target, draw_figure in figures:
-        draw_figure(target)
+def _call_all(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
-def _curves(
-    histories: Histories, configurations: list[Configuration], dataset: str, target: Path
-) -> None:
+def _curves(configurations: list[Configuration], dataset: str, target: Path) -> None:
     from losslab.plots import save_figure, spans_decades, subplots
 
     found = [c for c in configurations if c.dataset == dataset]
-    names = _curve_names(found[0])
+    names = _curve_names(found[0].params["loss.name"])
     figure, axes = subplots(1, 2, figsize=(11, 4))
     for axis, name in zip(axes, names, strict=True):
         everything = []
         for c in found:
-            curves = _stacked(histories, c, name)
+            curves = _stacked(c, name)
             if curves is None:
                 continue
             mean, std = curves.mean(axis=0), curves.std(axis=0)
@@ -287,14 +319,13 @@ def _test_metric(configurations: list[Configuration], datasets: list[str], targe
     save_figure(figure, target)
 
 
-def publish(
-    client: Any,
-    runs: list[Any],
+def write(
+    runs: list[RunResult],
     out_dir: Path,
-    parent_run_id: str | None = None,
+    run_all: Callable[[list[Callable[[], None]]], Any] | None = None,
 ) -> str:
-    """Write the table (Markdown, CSV), sentences and figures (drawn by as many processes as
-    there are cores) into ``out_dir``; log them to the parent run."""
+    """Write the table (Markdown, CSV), sentences and figures (:func:`draw`) into ``out_dir``;
+    return the Markdown."""
     from losslab.storage import write_text
 
     configurations = group(runs)
@@ -309,9 +340,7 @@ def publish(
     summary = text + "\n" + "".join(f"- {s}\n" for s in sentences)
     write_text(out_dir / "report.md", summary)
     if configurations:
-        draw(client, configurations, out_dir, os.cpu_count() or 1)
-    if parent_run_id:
-        client.log_artifacts(parent_run_id, str(out_dir), "report")
+        draw(configurations, out_dir, run_all)
     return summary
 
 
@@ -364,7 +393,9 @@ def main(argv: list[str] | None = None) -> None:
         runs, parent = _runs(client, args)
         if not runs:
             raise ConfigError("no runs matched; check --parent, --experiment or --filter")
-        print(publish(client, runs, args.out, parent_run_id=parent), end="")
+        print(write(from_store(client, runs), args.out), end="")
+        if parent:
+            client.log_artifacts(parent, str(args.out), "report")
         print(
             f"losslab-report: wrote {args.out}/"
             + (f" and logged it to run {parent}" if parent else "")

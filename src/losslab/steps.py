@@ -55,6 +55,10 @@ class Layout:
         return self.root / "model" / "history.csv"
 
     @property
+    def train(self) -> Path:
+        return self.root / "model" / "train.json"
+
+    @property
     def run_info(self) -> Path:
         return self.root / "model" / "run.json"
 
@@ -112,8 +116,8 @@ def load_dataset(layout: Layout) -> tuple[Dataset, dict[str, Any]]:
 
 
 def train(cfg: DictConfig, layout: Layout) -> Any:
-    """Train, write the model, its per-epoch history and the run's id, log them to the active
-    run (if any), and return the trained model."""
+    """Train, write the model, its per-epoch history, the training time and the run's id, log
+    them to the active run (if any), and return the trained model."""
     data, meta = load_dataset(layout)  # before importing TensorFlow: a bad input fails at once
     import keras
 
@@ -132,10 +136,12 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
     finally:
         if epochs is not None:
             epochs.flush()
-    tracking.log_metrics({"train_seconds": time.perf_counter() - started})
+    timing = {"train_seconds": time.perf_counter() - started}
+    tracking.log_metrics(timing)
     with atomic_path(layout.model) as tmp:
         result.model.save(tmp)
     write_history_csv(layout.history, result.history)
+    write_json(layout.train, timing)
     tracking.write_run_record(layout.run_info)
     tracking.log_artifact(layout.history, "history")
     tracking.log_artifact(layout.data_meta, "data")

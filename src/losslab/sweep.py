@@ -4,7 +4,8 @@
 job's run (parallel jobs opening a fresh SQLite store race its schema migration otherwise).
 Each job learns where to log in ``on_job_start`` (which runs in the job's own process, for the
 joblib and Ray launchers too), reports progress in ``on_job_end``, and ``on_multirun_end``
-ends the parent with the sweep's outcome and writes the report into it.
+writes the report from the jobs' folders, tracked or not, then ends the parent run with the
+sweep's outcome and the report logged into it.
 
 All of that MLflow work happens in one process, the sweep's :class:`Tracker`, except a Ray
 job's own run, which its worker (possibly on another machine) logs itself. The sweep's own
@@ -34,7 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 from losslab.tracking import TRACKER_ENV
 
 PARENT_RUN_ENV = "LOSSLAB_PARENT_RUN_ID"
-_PROGRESS = ".losslab-progress"
+_PROGRESS = ".losslab-progress"  # a file per job done: {num}.ok (holding its folder), {num}.failed
+_REPORT = "report"
 
 
 def count_jobs(hydra_cfg: DictConfig, conf_dir: Path) -> int | None:
@@ -90,8 +92,8 @@ def end_parent_run(
     uri: str, parent: str, total: int | None, sweep_dir: Path, interrupted: bool
 ) -> str | None:
     """End the parent run: FINISHED when every job finished, else FAILED (jobs failed, or
-    their runs could not be logged in full) or KILLED (the sweep was stopped); publish the
-    report of the children either way. Return what the jobs did not say: runs that failed
+    their runs could not be logged in full) or KILLED (the sweep was stopped); log the
+    sweep's report into it either way. Return what the jobs did not say: runs that failed
     while their jobs succeeded."""
     from mlflow.tracking import MlflowClient
 
@@ -105,8 +107,8 @@ def end_parent_run(
     outcomes = [p.suffix for p in (sweep_dir / _PROGRESS).iterdir()]
     accounted, failed = len(outcomes), outcomes.count(".failed")
     client.set_tag(parent, "losslab.children_finished", f"{finished}/{total or accounted}")
-    if finished:
-        report.publish(client, children, sweep_dir / "report", parent_run_id=parent)
+    if (sweep_dir / _REPORT).is_dir():
+        client.log_artifacts(parent, str(sweep_dir / _REPORT), _REPORT)
     best = _best_trial(sweep_dir)
     if best:
         client.set_tag(parent, "losslab.best_trial", best)
@@ -173,6 +175,12 @@ class _Workers:
 
         return Parallel(**self.settings)(calls)
 
+    def call_all(self, calls: list) -> None:
+        """Have the workers call each of ``calls``."""
+        from joblib import delayed
+
+        self.run([delayed(call)() for call in calls])
+
     def warm_up(self) -> Future:
         """Start the workers now and have each import TensorFlow while this process prepares
         the sweep: about 6 s that would otherwise delay the first jobs. The future gives the
@@ -188,7 +196,7 @@ class _Workers:
 
 class Tracker:
     """The one process that does a sweep's MLflow work: it creates and ends the parent run,
-    holds every job's run (:func:`losslab.tracking.hold_run`), and draws the report.
+    holds every job's run (:func:`losslab.tracking.hold_run`), and logs the sweep's report.
 
     It is forked as ``losslab -m`` starts, so that it imports MLflow and opens the store while
     Hydra composes the sweep, and workers never do: two workers doing so on two cores took 2 to
@@ -246,7 +254,7 @@ class Tracker:
         return self._answer()
 
     def close(self, interrupted: bool) -> str | None:
-        """End the parent run once every job's run has ended, and publish the report; raise
+        """End the parent run once every job's run has ended, with the report; raise
         what prevented the parent run or its end, return what failed the parent run that no
         job has said (:func:`end_parent_run`)."""
         try:
@@ -306,8 +314,6 @@ def _track(connection: Any, sweep_end: Any, listener: Any) -> None:
     refusal = parent.exception()
     with contextlib.suppress(OSError):  # the sweep's process is gone: below, as stopped
         connection.send(("error", refusal) if refusal else ("parent", parent.result()))
-    import losslab.plots  # noqa: F401  Matplotlib, for the report
-
     try:
         interrupted = connection.recv()[1]
     except (EOFError, OSError, Terminated):  # the sweep's process is gone
@@ -393,14 +399,16 @@ class SweepTracker(Callback):
         self.tracking_uri: str | None = None
         self.tracker: Tracker | None = None
         self.tracker_address: str | None = None
+        self.workers: _Workers | None = None
         self.total: int | None = None
         self.started = 0.0
         self.sweep_dir: Path | None = None
+        self.closed = False
 
     def __getstate__(self) -> dict:
         """What a job's process gets (the joblib and Ray launchers pickle the callback): where
         to log, not the tracker itself."""
-        return {**self.__dict__, "tracker": None}
+        return {**self.__dict__, "tracker": None, "workers": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Start the workers and the parent run. A store that cannot be used stops the sweep
@@ -422,9 +430,10 @@ class SweepTracker(Callback):
         if config.tracking.enabled:
             tracking.check_store(tracking.tracking_uri(config))
         tracker = Tracker.take(config.tracking.enabled)
-        workers = _Workers.of(hydra_cfg.launcher)
-        warming = workers.warm_up() if workers else None
+        self.workers = _Workers.of(hydra_cfg.launcher)
+        warming = self.workers.warm_up() if self.workers else None
         self.started = time.time()
+        atexit.register(self._end_if_interrupted)
         if tracker is not None:
             # what tracking.prepare needs, for the tracker
             store = OmegaConf.create(
@@ -432,7 +441,6 @@ class SweepTracker(Callback):
             )
             tracker.start_parent(store, self._parent_run(config), (self.total, self.sweep_dir))
             self.tracker = tracker
-            atexit.register(self._end_if_interrupted)
             if _runs_jobs_here(hydra_cfg.launcher):
                 self.tracker_address = tracker.address
             else:  # a Ray job logs itself, as a child of the parent run
@@ -476,8 +484,10 @@ class SweepTracker(Callback):
         if self.sweep_dir is None:
             return
         job = config.hydra.job.num
-        outcome = "ok" if job_return.status == JobStatus.COMPLETED else "failed"
-        (self.sweep_dir / _PROGRESS / f"{job}.{outcome}").touch()
+        if job_return.status == JobStatus.COMPLETED:
+            (self.sweep_dir / _PROGRESS / f"{job}.ok").write_text(config.hydra.runtime.output_dir)
+        else:
+            (self.sweep_dir / _PROGRESS / f"{job}.failed").touch()
         finished = list((self.sweep_dir / _PROGRESS).iterdir())
         done, failed = len(finished), sum(p.suffix == ".failed" for p in finished)
         elapsed = time.time() - self.started
@@ -497,18 +507,35 @@ class SweepTracker(Callback):
         self._close(interrupted=True)
 
     def _close(self, interrupted: bool) -> None:
-        """Have the tracker end the parent run once the jobs' runs have ended. An error that
-        left the sweep without a parent run, each job has met already: it ends the sweep with
-        one line."""
+        """Write the report of the jobs done, then have the tracker (if tracked) log it and end
+        the parent run once the jobs' runs have ended; it catches up on their logging while
+        the report is drawn. An error that left the sweep without a parent run, each job has
+        met already: it ends the sweep with one line."""
         from losslab.cli import reported_errors
 
-        if self.tracker is None:
+        if self.closed or self.sweep_dir is None:
             return
+        self.closed = True
         tracker, self.tracker = self.tracker, None
         with reported_errors("losslab"):
-            unsaid = tracker.close(interrupted)
+            try:
+                self._write_report(interrupted)
+            finally:
+                unsaid = tracker.close(interrupted) if tracker else None
         if unsaid:
             print(f"losslab: error: {unsaid}", file=sys.stderr)
+
+    def _write_report(self, interrupted: bool) -> None:
+        """The report of the jobs done, drawn by the idle workers if there are any (a stopped
+        sweep's workers may be going down: this process draws it then)."""
+        from losslab import report
+
+        done = sorted((self.sweep_dir / _PROGRESS).glob("*.ok"), key=lambda p: int(p.stem))
+        if not done:
+            return
+        folders = [Path(marker.read_text()) for marker in done]
+        call_all = self.workers.call_all if self.workers and not interrupted else None
+        report.write(report.from_folders(folders), self.sweep_dir / _REPORT, call_all)
 
 
 def _runs_jobs_here(launcher: DictConfig) -> bool:

@@ -188,15 +188,21 @@ def public_config(cfg: DictConfig) -> dict[str, Any]:
     return plain
 
 
+def param_values(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as the text of MLflow params, before MLflow's limits."""
+    return {
+        key: json.dumps(value) if isinstance(value, list | dict) else str(value)
+        for key, value in flatten(public_config(cfg)).items()
+    }
+
+
 def config_params(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as MLflow params, truncated visibly to MLflow's limits."""
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-    params = {}
-    for key, value in flatten(public_config(cfg)).items():
-        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-        params[_fit_key(key)] = _fit(text, MAX_PARAM_VAL_LENGTH)
-    return params
+    return {
+        _fit_key(key): _fit(text, MAX_PARAM_VAL_LENGTH) for key, text in param_values(cfg).items()
+    }
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -253,8 +259,17 @@ def _log_batch(run_id: str, **entities: list) -> None:
             client.log_batch(run_id, **{kind: items[start : start + size]})
 
 
-_SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losslab-metrics")
-_QUEUED = threading.local()
+def _new_background_thread() -> None:
+    """The one background thread that sends logging, and what each thread queued on it. A
+    forked process gets its own: its parent's thread is not in it, and what was queued there
+    would never run."""
+    global _SENDER, _QUEUED
+    _SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losslab-metrics")
+    _QUEUED = threading.local()
+
+
+_new_background_thread()
+os.register_at_fork(after_in_child=_new_background_thread)
 
 
 def _in_flight() -> list[Future]:
@@ -456,9 +471,13 @@ def log_metrics(values: dict[str, float]) -> None:
     _log("metrics", [(k, float(v), stamp, 0) for k, v in values.items()])
 
 
+def final_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Evaluation results named as MLflow metrics: ``train_loss``, ``test_accuracy``, ..."""
+    return {f"{split}_{k}": v for split, scores in results.items() for k, v in scores.items()}
+
+
 def log_final_metrics(results: dict[str, dict[str, float]]) -> None:
-    """Evaluation results as ``train_loss``, ``test_accuracy``, ..."""
-    log_metrics({f"{split}_{k}": v for split, scores in results.items() for k, v in scores.items()})
+    log_metrics(final_metrics(results))
 
 
 def log_dataset(meta: dict[str, Any], source: Path) -> None:
@@ -717,8 +736,7 @@ class SideProcess:
 
     @classmethod
     def fork(cls) -> SideProcess:
-        # Forked before TensorFlow starts its threads, and before anything is logged here (the
-        # background thread does not exist yet).
+        # forked before TensorFlow starts its threads
         return cls(*fork_with_pipe(_hold))
 
     @classmethod
