@@ -33,7 +33,6 @@ class RunResult:
     """What the report needs of one finished run, read from MLflow (:func:`from_store`) or
     from a sweep job's folder (:func:`from_folders`): the same names either way."""
 
-    run_id: str
     params: dict[str, str]
     metrics: dict[str, float]
     curves: dict[str, list[float]]
@@ -107,7 +106,7 @@ def from_store(client: Any, runs: list[Any]) -> list[RunResult]:
         for name in _curve_names(params["loss.name"]):
             points = client.get_metric_history(run.info.run_id, name)
             curves[name] = [m.value for m in sorted(points, key=lambda m: m.step)]
-        found.append(RunResult(run.info.run_id, params, run.data.metrics, curves))
+        found.append(RunResult(params, run.data.metrics, curves))
     return found
 
 
@@ -126,7 +125,7 @@ def from_folders(folders: list[Path]) -> list[RunResult]:
         layout = steps.Layout(folder)
         params = tracking.param_values(validate(OmegaConf.load(folder / ".hydra" / "config.yaml")))
         metrics = {**tracking.final_metrics(read_json(layout.metrics)), **read_json(layout.train)}
-        found.append(RunResult(str(folder), params, metrics, read_history_csv(layout.history)))
+        found.append(RunResult(params, metrics, read_history_csv(layout.history)))
     return found
 
 
