@@ -428,6 +428,51 @@ def test_epoch_metrics_buffer_until_flush_and_split_large_batches(tiny_cfg, trac
         assert [m.value for m in history] == pytest.approx([scale / e for e in range(1, 601)])
 
 
+def _metric_history_plan(uri: str, run_id: str) -> str:
+    """SQLite's plan for the query MLflow's store makes to read one run's history of a metric."""
+    import sqlite3
+
+    from mlflow.tracking._tracking_service.utils import _get_store
+    from sqlalchemy import event
+
+    statements = []
+
+    def keep(conn, cursor, statement, parameters, context, executemany):
+        if "FROM metrics" in statement:
+            statements.append((statement, parameters))
+
+    engine = _get_store(uri).engine
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        MlflowClient(uri).get_metric_history(run_id, "loss")
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
+    (statement, parameters), db = statements[-1], uri.removeprefix("sqlite:///")
+    with sqlite3.connect(db) as connection:
+        return " | ".join(
+            row[-1] for row in connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+        )
+
+
+def test_a_runs_metric_history_is_read_through_its_own_index_as_the_store_grows(
+    tiny_cfg, tracking_uri
+):
+    from mlflow.entities import Metric
+
+    cfg, client = tiny_cfg(), MlflowClient(tracking_uri)
+    experiment_id = tracking.prepare(cfg)
+    run_ids = []
+    for _ in range(30):  # 6,000 values of one key, 200 per run
+        run_id = client.create_run(experiment_id).info.run_id
+        metrics = [Metric("loss", 1.0 / step, 0, step) for step in range(1, 201)]
+        client.log_batch(run_id, metrics=metrics)
+        run_ids.append(run_id)
+    # without statistics SQLite takes the index that starts with the key: every run's values
+    assert "index_metrics_run_uuid_key_step" not in _metric_history_plan(tracking_uri, run_ids[0])
+    tracking.prepare(cfg)
+    assert "(run_uuid=? AND key=?)" in _metric_history_plan(tracking_uri, run_ids[0])
+
+
 # --------------------------------------------------------------------------------------------
 # 4. Lifecycle: every way a run ends
 # --------------------------------------------------------------------------------------------
