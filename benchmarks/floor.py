@@ -2,8 +2,9 @@
 
 Same model, optimizer, batches, per-epoch reshuffling and per-epoch validation loss as the
 experiment, but all epochs run inside a single ``tf.function(jit_compile=True)`` call: what is
-left is the arithmetic, without per-step or per-epoch overhead. The time of a second call (the
-first compiles) is the floor losslab's training is compared with.
+left is the arithmetic, without per-step or per-epoch overhead. The median time of the calls
+after the first (which compiles) is the floor losslab's training is compared with: one call of a
+small experiment lasts well under a second, and this machine's speed drifts by a quarter.
 
     python benchmarks/floor.py CONFIG.json [CONFIG.json ...] RESULT.json
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import time
 
@@ -27,8 +29,9 @@ from losslab.optimizers import build_optimizer
 from losslab.training import training_arrays
 
 
-def compiled_training(cfg) -> tuple[float, float, float]:
-    """(compile and first run seconds, steady run seconds, last validation loss)."""
+def compiled_training(cfg, repeats: int = 5) -> tuple[float, float, float]:
+    """(compile and first run seconds, median of ``repeats`` steady runs' seconds, last
+    validation loss)."""
     keras.utils.set_random_seed(cfg.seed)
     data = make_dataset(cfg.dataset)
     spec = losses.get(cfg.loss.name)
@@ -67,9 +70,12 @@ def compiled_training(cfg) -> tuple[float, float, float]:
     started = time.perf_counter()
     history = train(seed).numpy()
     first = time.perf_counter() - started
-    started = time.perf_counter()
-    train(seed).numpy()  # trains on from the first run's weights: the same work, compiled
-    return first, time.perf_counter() - started, float(history[-1])
+    steady = []
+    for _ in range(repeats):  # each trains on from the last one's weights: the same work
+        started = time.perf_counter()
+        train(seed).numpy()
+        steady.append(time.perf_counter() - started)
+    return first, statistics.median(steady), float(history[-1])
 
 
 def main(*paths: str) -> None:

@@ -2,21 +2,25 @@
 
 One command, one machine, one invocation:
 
-    python benchmarks/speed.py            (about 40 minutes on 2 cores)
+    python benchmarks/speed.py            (about 50 minutes on 2 cores)
 
 - A, reference: each of the 11 reference experiments as the tutorials write it
   (benchmarks/tutorial_style.py), one fresh process each, one after the other, no tracking;
   run --repeats times in all (the extra runs untimed) for the run-to-run spread of its results.
 - B, losslab: ``losslab -m study=seeds hydra.sweeper.params.seed=0`` (one repetition of the
-  study), MLflow tracking, plots and the study report included, into a SQLite store that exists
-  (as it does after ``make run``); once more into a fresh store, which adds creating its schema.
-- B without tracking: the same with ``tracking.enabled=false``. B runs 3 times tracked and 3
-  times not, alternated, and reports the medians (per experiment too, over the 3 tracked
-  studies): one study's time varies by 10 to 20 % from run to run on a 2-core machine.
+  study), MLflow tracking, plots and the study report included, into a SQLite store in use: a
+  copy of one that already holds 4 full seed studies (220 runs), grown first. Also into an
+  empty store that exists (as after ``make run``), and once into a fresh store, which adds
+  creating its schema.
+- B without tracking: the same with ``tracking.enabled=false``. B runs 3 times into each store
+  and 3 times untracked, alternated, and reports the medians (per experiment too, over the 3
+  studies into the store in use): one study's time varies by 10 to 20 % from run to run on a
+  2-core machine.
 - What tracking needs in CPU (benchmarks/tracking_cost.py: MLflow's import and store, each
   job's logging) against the CPU the untracked study leaves idle: the least overhead any way of
   logging these runs could have here.
-- C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py).
+- C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py), the
+  median of 5 runs.
 - One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
   (7 of each, alternated; the medians); one pipeline execution, ``dvc repro --force`` in a clone
   of the repo (5 of each); and one longer run (reg_mse on 200 times the samples, 3 of each).
@@ -34,6 +38,8 @@ import json
 import os
 import platform
 import resource
+import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -57,6 +63,7 @@ from losslab.config import as_plain, validate
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 STUDY = ["-m", "study=seeds", "hydra.sweeper.params.seed=0"]
+USED_STUDIES = 4  # full seed studies in the store in use: 220 runs
 
 
 def reference_presets() -> list[str]:
@@ -71,6 +78,7 @@ class Measured:
         self, command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> None:
         self.peaks: dict[int, int] = {}
+        self.started_at = time.time()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -144,6 +152,15 @@ def run_reference(
         return dict(pool.map(one, configs))
 
 
+def store_size(db: Path) -> dict:
+    with sqlite3.connect(db) as connection:
+        runs, values = (
+            connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("runs", "metrics")
+        )
+    return {"runs": runs, "metric_values": values, "mb": db.stat().st_size / 1e6}
+
+
 def existing_store(folder: Path, name: str) -> str:
     """The URI of a SQLite store created beforehand, as ``make run`` leaves one."""
     uri = f"sqlite:///{folder / name}.db"
@@ -151,8 +168,29 @@ def existing_store(folder: Path, name: str) -> str:
     return uri
 
 
-def run_study(folder: Path, name: str, *extra: str, fresh: bool = False) -> tuple[Measured, str]:
-    uri = f"sqlite:///{folder / name}.db" if fresh else existing_store(folder, name)
+def store_in_use(folder: Path) -> Path:
+    """A SQLite store that already holds :data:`USED_STUDIES` full seed studies, as a user's
+    does after a while; the studies measured go into copies of it."""
+    db = folder / "in-use.db"
+    for repeat in range(USED_STUDIES):
+        sweep_dir = f"hydra.sweep.dir={folder / f'in-use-{repeat}'}"
+        Measured(
+            [str(BIN / "losslab"), "-m", "study=seeds", sweep_dir],
+            {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"},
+        )
+    return db
+
+
+def run_study(folder: Path, name: str, store: str, used: Path) -> tuple[Measured, str]:
+    """One study into a ``store``: "used" (a copy of ``used``), "empty" (created beforehand),
+    "fresh" (created by the study), or "none" (untracked)."""
+    uri, extra = f"sqlite:///{folder / name}.db", ()
+    if store == "used":
+        shutil.copyfile(used, folder / f"{name}.db")
+    elif store in ("empty", "none"):
+        existing_store(folder, name)
+    if store == "none":
+        extra = ("tracking.enabled=false",)
     sweep_dir = f"hydra.sweep.dir={folder / name}"
     measured = Measured(
         [str(BIN / "losslab"), *STUDY, sweep_dir, *extra], {"MLFLOW_TRACKING_URI": uri}
@@ -166,10 +204,15 @@ def median_study(studies: list[tuple[Measured, str]]) -> Measured:
     return sorted((study for study, _ in studies), key=lambda m: m.seconds)[len(studies) // 2]
 
 
-def study_runs(uri: str) -> dict[str, dict]:
-    """Per preset: the job's wall time, its training time and its test metrics, from MLflow."""
+def study_runs(uri: str, since: float) -> dict[str, dict]:
+    """Per preset: the wall time, training time and test metrics of the job run at or after
+    ``since`` (a Unix time), from MLflow."""
     client = MlflowClient(uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"attributes.start_time >= {int(since * 1000)}",
+        max_results=5000,
+    )
     jobs = {}
     for run in runs:
         preset = run.data.tags.get("losslab.preset")
@@ -184,10 +227,10 @@ def study_runs(uri: str) -> dict[str, dict]:
     return jobs
 
 
-def median_jobs(uris: list[str]) -> dict[str, dict]:
-    """Per preset, the median of each figure over several studies' stores (the test metrics
-    are the same in each: the runs are deterministic)."""
-    studies = [study_runs(uri) for uri in uris]
+def median_jobs(studies: list[tuple[Measured, str]]) -> dict[str, dict]:
+    """Per preset, the median of each figure over several studies (the test metrics are the
+    same in each: the runs are deterministic)."""
+    studies = [study_runs(uri, measured.started_at) for measured, uri in studies]
     return {
         preset: {key: statistics.median(study[preset][key] for study in studies) for key in job}
         for preset, job in studies[0].items()
@@ -343,19 +386,17 @@ def main() -> None:
         configs = write_configs(folder, presets, seed=0)
         print("A, reference (tutorial-style scripts, one process each):", flush=True)
         reference = run_reference(configs, folder, timed=True, repeat=0)
-        print("B, losslab study (3 times tracked and 3 times not, alternated):", flush=True)
-        studies: dict[bool, list[tuple[Measured, str]]] = {True: [], False: []}
-
-        def time_study(tracked: bool) -> float:
-            name = f"B-{'losslab' if tracked else 'without-tracking'}-{len(studies[tracked])}"
-            extra = () if tracked else ("tracking.enabled=false",)
-            studies[tracked].append(run_study(folder, name, *extra))
-            return studies[tracked][-1][0].seconds
-
-        study_samples = overhead(time_study, repeats=3)["samples_s"]
-        tracked, untracked = (median_study(studies[k]) for k in (True, False))
-        fresh, _ = run_study(folder, "B-fresh-store", fresh=True)
-        jobs = median_jobs([uri for _, uri in studies[True]])
+        print(f"a store in use: {USED_STUDIES} full seed studies into it", flush=True)
+        used = store_in_use(folder)
+        in_use = store_size(used)
+        print("B, losslab study (3 times into each store, 3 untracked, alternated):", flush=True)
+        studies: dict[str, list[tuple[Measured, str]]] = {"used": [], "empty": [], "none": []}
+        for repeat in range(3):
+            for store, samples in studies.items():
+                samples.append(run_study(folder, f"B-{store}-{repeat}", store, used))
+        tracked, empty, untracked = (median_study(studies[k]) for k in ("used", "empty", "none"))
+        fresh, _ = run_study(folder, "B-fresh", "fresh", used)
+        jobs = median_jobs(studies["used"])
         print("C, compiled floor; scaling; throughput; CLI:", flush=True)
         floor_out = folder / "floor.json"
         Measured([sys.executable, str(HERE / "floor.py"), *configs.values(), floor_out])
@@ -404,12 +445,13 @@ def main() -> None:
         "a_total_s": a_total,
         "b_total_s": tracked.seconds,
         "b_without_tracking_s": untracked.seconds,
+        "b_empty_store_s": empty.seconds,
         "b_fresh_store_s": fresh.seconds,
-        "b_samples_s": study_samples,
+        "b_samples_s": {k: [m.seconds for m, _ in v] for k, v in studies.items()},
+        "store_in_use": in_use,
         "a_over_b": a_total / tracked.seconds,
-        "tracking_overhead_percent": 100
-        * (tracked.seconds - untracked.seconds)
-        / untracked.seconds,
+        "tracking_overhead_percent": 100 * (tracked.seconds / untracked.seconds - 1),
+        "tracking_overhead_empty_store_percent": 100 * (empty.seconds / untracked.seconds - 1),
         "study_tracking_cpu": tracking_floor(cost, tracked, untracked),
         "peak_rss_gb": {
             "a_process": max(r["peak_rss_gb"] for r in reference.values()),
@@ -452,7 +494,9 @@ def report(r: dict) -> None:
         f"\ntotal: A {r['a_total_s']:.1f} s, B {r['b_total_s']:.1f} s  ->  "
         f"A/B = {r['a_over_b']:.1f}\n"
         f"B without tracking {r['b_without_tracking_s']:.1f} s: tracking overhead "
-        f"{r['tracking_overhead_percent']:.1f} %; B into a fresh store "
+        f"{r['tracking_overhead_percent']:.1f} % into a store holding "
+        f"{r['store_in_use']['runs']} runs; into an empty one {r['b_empty_store_s']:.1f} s "
+        f"({r['tracking_overhead_empty_store_percent']:.1f} %); into a fresh store "
         f"{r['b_fresh_store_s']:.1f} s\n"
         f"tracking's CPU: MLflow import and store {cpu['mlflow_start_cpu_s']:.1f} s, logging "
         f"{sum(logging):.1f} s for the {len(logging)} jobs; studies "
