@@ -432,8 +432,8 @@ def _metric_history_plan(uri: str, run_id: str) -> str:
     """SQLite's plan for the query MLflow's store makes to read one run's history of a metric."""
     import sqlite3
 
-    from mlflow.tracking._tracking_service.utils import _get_store
     from sqlalchemy import event
+    from sqlalchemy.engine import Engine
 
     statements = []
 
@@ -441,12 +441,11 @@ def _metric_history_plan(uri: str, run_id: str) -> str:
         if "FROM metrics" in statement:
             statements.append((statement, parameters))
 
-    engine = _get_store(uri).engine
-    event.listen(engine, "before_cursor_execute", keep)
+    event.listen(Engine, "before_cursor_execute", keep)  # every engine: MLflow's store's too
     try:
         MlflowClient(uri).get_metric_history(run_id, "loss")
     finally:
-        event.remove(engine, "before_cursor_execute", keep)
+        event.remove(Engine, "before_cursor_execute", keep)
     (statement, parameters), db = statements[-1], uri.removeprefix("sqlite:///")
     with sqlite3.connect(db) as connection:
         return " | ".join(
