@@ -153,6 +153,7 @@ def run_reference(
 
 
 def store_size(db: Path) -> dict:
+    """What a SQLite store holds: runs, metric values, megabytes."""
     with sqlite3.connect(db) as connection:
         runs, values = (
             connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
