@@ -9,9 +9,9 @@ One command, one machine, one invocation:
   run --repeats times in all (the extra runs untimed) for the run-to-run spread of its results.
 - B, losslab: ``losslab -m study=seeds hydra.sweeper.params.seed=0`` (one repetition of the
   study), MLflow tracking, plots and the study report included, into a SQLite store in use: a
-  copy of one that already holds 4 full seed studies (220 runs), grown first. Also into an
-  empty store that exists (as after ``make run``), and once into a fresh store, which adds
-  creating its schema.
+  copy of one that already holds 4 full seed studies (224 runs with their parents), grown
+  first. Also into an empty store that exists (as after ``make run``), and once into a fresh
+  store, which adds creating its schema.
 - B without tracking: the same with ``tracking.enabled=false``. B runs 3 times into each store
   and 3 times untracked, alternated, and reports the medians (per experiment too, over the 3
   studies into the store in use): one study's time varies by 10 to 20 % from run to run on a
@@ -63,7 +63,7 @@ from losslab.config import as_plain, validate
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 STUDY = ["-m", "study=seeds", "hydra.sweeper.params.seed=0"]
-USED_STUDIES = 4  # full seed studies in the store in use: 220 runs
+USED_STUDIES = 4  # full seed studies in the store in use: 224 runs with their parents
 
 
 def reference_presets() -> list[str]:
