@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from mlflow.entities import Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from losslab import app, tracking
+from losslab import app, cli, tracking
 from losslab.config import as_plain, validate
 
 BIN = Path(sys.executable).parent
@@ -589,6 +590,36 @@ def test_sigterm_to_losslab_marks_run_killed(tiny_cfg, tracking_uri, tmp_path):
     assert run.info.status == "KILLED"
     assert "signal" in run.data.tags["losslab.error"]
     assert [r.info.status for r in all_runs(tracking_uri)] == ["KILLED"]
+
+
+@pytest.mark.parametrize("beside", [False, True], ids=["here", "side-process"])
+def test_an_error_a_sigterm_turned_into_still_ends_the_run_killed(
+    tiny_cfg, tracking_uri, monkeypatch, capsys, beside
+):
+    """TensorFlow tracing a graph can swallow what the SIGTERM handler raises and fail later
+    with an error of its own; the command still ends as interrupted and its run KILLED."""
+    monkeypatch.setattr(cli, "_TERMINATED_BY", None)  # put back after: pytest was not stopped
+
+    def swallowing_library() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises here
+        except BaseException:
+            pass
+        raise TypeError("Failed to convert elements of (None,) to Tensor")
+
+    with (
+        pytest.raises(SystemExit) as stopped,
+        cli.reported_errors("losslab"),
+        tracking.run(tiny_cfg(), "cli", beside=beside),
+    ):
+        run_id = tracking.run_record()["run_id"]
+        swallowing_library()
+    assert stopped.value.code == cli.EXIT_INTERRUPTED
+    assert "losslab: interrupted (terminated by signal 15)" in capsys.readouterr().err
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["losslab.error"] == "terminated by signal 15"
 
 
 CHILD_SIDE_DIES = textwrap.dedent(

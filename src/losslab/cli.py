@@ -22,6 +22,9 @@ class Terminated(BaseException):
     command exits as on Ctrl-C."""
 
 
+_TERMINATED_BY: str | None = None  # set once SIGTERM has told this process to stop
+
+
 class JobFailed(CompactHydraException):
     """A sweep job's user error: Hydra marks that job failed, runs the others, and at the end
     reports the message without a traceback (it prints compact exceptions as one line)."""
@@ -34,7 +37,9 @@ def sigterm_as_exception() -> Iterator[None]:
     process at once, with no cleanup at all)."""
 
     def raise_terminated(signum: int, frame: Any) -> None:
-        raise Terminated(f"terminated by signal {signum}")
+        global _TERMINATED_BY
+        _TERMINATED_BY = f"terminated by signal {signum}"
+        raise Terminated(_TERMINATED_BY)
 
     try:
         previous = signal.signal(signal.SIGTERM, raise_terminated)
@@ -45,6 +50,18 @@ def sigterm_as_exception() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def as_interruption(error: BaseException) -> BaseException:
+    """``error``, or the :class:`Terminated` it stands for once SIGTERM has arrived.
+
+    The handler raises wherever the main thread is, and library code may swallow what it raises
+    and fail later on what it left undone: TensorFlow tracing a graph does (seen: a TypeError
+    about a shape it never finished). The user still stopped the command.
+    """
+    if _TERMINATED_BY is None or isinstance(error, (KeyboardInterrupt, Terminated)):
+        return error
+    return Terminated(_TERMINATED_BY)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -65,13 +82,18 @@ def reported_errors(program: str, raise_instead: type[Exception] | None = None) 
     """
     try:
         yield
-    except (KeyboardInterrupt, Terminated) as stop:
-        if raise_instead is not None:
+    except (KeyboardInterrupt, Terminated, Exception) as caught:
+        error = as_interruption(caught)
+        if isinstance(error, (KeyboardInterrupt, Terminated)):
+            if raise_instead is not None:
+                if error is caught:
+                    raise
+                raise error from caught
+            reason = "Ctrl-C" if isinstance(error, KeyboardInterrupt) else str(error)
+            print(f"{program}: interrupted ({reason})", file=sys.stderr)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        if not isinstance(error, _user_errors()):
             raise
-        reason = "Ctrl-C" if isinstance(stop, KeyboardInterrupt) else str(stop)
-        print(f"{program}: interrupted ({reason})", file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    except _user_errors() as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         if raise_instead is not None:
             raise raise_instead(str(error)) from None

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import DictConfig
 
-from losslab.cli import Terminated, sigterm_as_exception
+from losslab.cli import Terminated, as_interruption, sigterm_as_exception
 from losslab.config import ConfigError, as_plain
 
 if TYPE_CHECKING:
@@ -374,11 +374,12 @@ def run(
             if describe:
                 _describe(active.info.run_id, cfg, list(overrides))
             yield active
-        except (KeyboardInterrupt, Terminated) as stop:
-            _end(RunStatus.KILLED, str(stop) or "interrupted")
-            raise
-        except BaseException as error:
-            _end(RunStatus.FAILED, _fit(f"{type(error).__name__}: {error}", 5000))
+        except BaseException as caught:
+            error = as_interruption(caught)
+            if isinstance(error, (KeyboardInterrupt, Terminated)):
+                _end(RunStatus.KILLED, str(error) or "interrupted")
+            else:
+                _end(RunStatus.FAILED, _fit(f"{type(error).__name__}: {error}", 5000))
             raise
         try:
             wait_for_background()
@@ -814,7 +815,7 @@ class SideProcess:
             yield
         except BaseException as error:
             _SIDE = None
-            side.end(error)
+            side.end(as_interruption(error))
             raise
         _SIDE = None
         side.end(None)
