@@ -184,13 +184,13 @@ def store_in_use(folder: Path) -> Path:
 
 def run_study(folder: Path, name: str, store: str, used: Path) -> tuple[Measured, str]:
     """One study into a ``store``: "used" (a copy of ``used``), "empty" (created beforehand),
-    "fresh" (created by the study), or "none" (untracked)."""
+    "fresh" (created by the study), or "none" (untracked: no store is made)."""
     uri, extra = f"sqlite:///{folder / name}.db", ()
     if store == "used":
         shutil.copyfile(used, folder / f"{name}.db")
-    elif store in ("empty", "none"):
+    elif store == "empty":
         existing_store(folder, name)
-    if store == "none":
+    elif store == "none":
         extra = ("tracking.enabled=false",)
     sweep_dir = f"hydra.sweep.dir={folder / name}"
     measured = Measured(
@@ -257,6 +257,10 @@ def throughput(folder: Path, workers: int, repeat: int, jobs: int = 8) -> float:
     return 60 * jobs / measured.seconds
 
 
+def percent_slower(tracked_s: float, untracked_s: float) -> float:
+    return 100 * (tracked_s / untracked_s - 1)
+
+
 def overhead(time_one: Callable[[bool], float], repeats: int) -> dict:
     """Wall times tracked and untracked, ``repeats`` of each, alternated, and their medians,
     since one process's time varies by about 10 % from run to run on a 2-core machine."""
@@ -268,7 +272,7 @@ def overhead(time_one: Callable[[bool], float], repeats: int) -> dict:
     return {
         "tracked_s": tracked_s,
         "untracked_s": untracked_s,
-        "tracking_overhead_percent": 100 * (tracked_s / untracked_s - 1),
+        "tracking_overhead_percent": percent_slower(tracked_s, untracked_s),
         "samples_s": samples,
     }
 
@@ -451,8 +455,8 @@ def main() -> None:
         "b_samples_s": {k: [m.seconds for m, _ in v] for k, v in studies.items()},
         "store_in_use": in_use,
         "a_over_b": a_total / tracked.seconds,
-        "tracking_overhead_percent": 100 * (tracked.seconds / untracked.seconds - 1),
-        "tracking_overhead_empty_store_percent": 100 * (empty.seconds / untracked.seconds - 1),
+        "tracking_overhead_percent": percent_slower(tracked.seconds, untracked.seconds),
+        "tracking_overhead_empty_store_percent": percent_slower(empty.seconds, untracked.seconds),
         "study_tracking_cpu": tracking_floor(cost, tracked, untracked),
         "peak_rss_gb": {
             "a_process": max(r["peak_rss_gb"] for r in reference.values()),
