@@ -2,7 +2,7 @@
 
 One command, one machine, one invocation:
 
-    python benchmarks/speed.py            (about 50 minutes on 2 cores)
+    python benchmarks/speed.py            (about 55 minutes on 2 cores)
 
 - A, reference: each of the 11 reference experiments as the tutorials write it
   (benchmarks/tutorial_style.py), one fresh process each, one after the other, no tracking;
@@ -12,8 +12,9 @@ One command, one machine, one invocation:
   copy of one that already holds 4 full seed studies (224 runs with their parents), grown
   first. Also into an empty store that exists (as after ``make run``), and once into a fresh
   store, which adds creating its schema.
-- B without tracking: the same with ``tracking.enabled=false``. B runs 3 times into each store
-  and 3 times untracked, alternated, and reports the medians (per experiment too, over the 3
+- B without tracking: the same with ``tracking.enabled=false``. B runs :data:`STUDY_ROUNDS`
+  times into each store and untracked, in turns whose order rotates (so that no kind always
+  runs first or last), and reports the medians (per experiment too, over the
   studies into the store in use): one study's time varies by 10 to 20 % from run to run on a
   2-core machine.
 - What tracking needs in CPU (benchmarks/tracking_cost.py: MLflow's import and store, each
@@ -64,6 +65,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 STUDY = ["-m", "study=seeds", "hydra.sweeper.params.seed=0"]
 USED_STUDIES = 4  # full seed studies in the store in use: 224 runs with their parents
+STUDY_ROUNDS = 5  # studies of each kind: one varies by 10 to 20 % from run to run here
 
 
 def reference_presets() -> list[str]:
@@ -394,11 +396,12 @@ def main() -> None:
         print(f"a store in use: {USED_STUDIES} full seed studies into it", flush=True)
         used = store_in_use(folder)
         in_use = store_size(used)
-        print("B, losslab study (3 times into each store, 3 untracked, alternated):", flush=True)
+        print(f"B, losslab study ({STUDY_ROUNDS} turns: each store, untracked):", flush=True)
         studies: dict[str, list[tuple[Measured, str]]] = {"used": [], "empty": [], "none": []}
-        for repeat in range(3):
-            for store, samples in studies.items():
-                samples.append(run_study(folder, f"B-{store}-{repeat}", store, used))
+        kinds = list(studies)
+        for repeat in range(STUDY_ROUNDS):
+            for store in kinds[repeat % 3 :] + kinds[: repeat % 3]:
+                studies[store].append(run_study(folder, f"B-{store}-{repeat}", store, used))
         tracked, empty, untracked = (median_study(studies[k]) for k in ("used", "empty", "none"))
         fresh, _ = run_study(folder, "B-fresh", "fresh", used)
         jobs = median_jobs(studies["used"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -203,6 +204,27 @@ def test_untracked_sweep_touches_no_store(tmp_path: Path) -> None:
         test_mse = json.loads((job / "metrics.json").read_text())["test"]["mse"]
         assert float(rows[f"regression·{loss}·sgd"]["mean"]) == pytest.approx(test_mse, abs=5e-5)
     assert_png(sweep.sweep_dir / "report" / "curves_regression.png", 1000)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE")
+def test_the_sweeps_tracker_and_its_threads_take_only_idle_cpu() -> None:
+    """The tracker must not take CPU from the workers: its main thread and the threads it
+    starts (the one that takes jobs here; then one per job, and the one that sends their
+    logging) run under SCHED_IDLE."""
+    from losslab.sweep import Tracker
+
+    tracker = Tracker()
+    try:
+        tasks = Path(f"/proc/{tracker.process.pid}/task")
+        deadline = time.monotonic() + 30
+        while len(list(tasks.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        threads = [int(task.name) for task in tasks.iterdir()]
+        assert len(threads) >= 2
+        assert {os.sched_getscheduler(thread) for thread in threads} == {os.SCHED_IDLE}
+    finally:
+        tracker.process.kill()
+        tracker.process.join()
 
 
 # --------------------------------------------------------------------------------------------
