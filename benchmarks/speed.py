@@ -460,6 +460,17 @@ def main() -> None:
         "a_over_b": a_total / tracked.seconds,
         "tracking_overhead_percent": percent_slower(tracked.seconds, untracked.seconds),
         "tracking_overhead_empty_store_percent": percent_slower(empty.seconds, untracked.seconds),
+        # each turn's tracked study against the untracked one of the same turn: the machine's
+        # speed drifts between turns more than tracking costs
+        "tracking_overhead_by_turn_percent": {
+            store: [
+                percent_slower(tracked_study.seconds, untracked_study.seconds)
+                for (tracked_study, _), (untracked_study, _) in zip(
+                    studies[store], studies["none"], strict=True
+                )
+            ]
+            for store in ("used", "empty")
+        },
         "study_tracking_cpu": tracking_floor(cost, tracked, untracked),
         "peak_rss_gb": {
             "a_process": max(r["peak_rss_gb"] for r in reference.values()),
@@ -506,6 +517,12 @@ def report(r: dict) -> None:
         f"{r['store_in_use']['runs']} runs; into an empty one {r['b_empty_store_s']:.1f} s "
         f"({r['tracking_overhead_empty_store_percent']:.1f} %); into a fresh store "
         f"{r['b_fresh_store_s']:.1f} s\n"
+        f"per turn, against the untracked study of the same turn: median "
+        + ", ".join(
+            f"{statistics.median(v):.1f} % into the {store} store"
+            for store, v in r["tracking_overhead_by_turn_percent"].items()
+        )
+        + "\n"
         f"tracking's CPU: MLflow import and store {cpu['mlflow_start_cpu_s']:.1f} s, logging "
         f"{sum(logging):.1f} s for the {len(logging)} jobs; studies "
         f"{cpu['study_cpu_s']['untracked']:.1f} s -> "
