@@ -15,8 +15,9 @@ One command, one machine, one invocation:
 - B without tracking: the same with ``tracking.enabled=false``. B runs :data:`STUDY_ROUNDS`
   times into each store and untracked, in turns whose order rotates (so that no kind always
   runs first or last), and reports the medians (per experiment too, over the
-  studies into the store in use): one study's time varies by 10 to 20 % from run to run on a
-  2-core machine.
+  studies into the store in use), and each turn's tracked studies against that turn's untracked
+  one: one study's time varies by 10 to 20 % from run to run on a 2-core machine, and its speed
+  drifts between turns.
 - What tracking needs in CPU (benchmarks/tracking_cost.py: MLflow's import and store, each
   job's logging) against the CPU the untracked study leaves idle: the least overhead any way of
   logging these runs could have here.
