@@ -23,6 +23,7 @@ class Terminated(BaseException):
 
 
 _TERMINATED_BY: str | None = None  # set once SIGTERM has told this process to stop
+INTERRUPTIONS = (KeyboardInterrupt, Terminated)  # the user stopped the command
 
 
 class JobFailed(CompactHydraException):
@@ -59,7 +60,7 @@ def as_interruption(error: BaseException) -> BaseException:
     and fail later on what it left undone: TensorFlow tracing a graph does (seen: a TypeError
     about a shape it never finished). The user still stopped the command.
     """
-    if _TERMINATED_BY is None or isinstance(error, (KeyboardInterrupt, Terminated)):
+    if _TERMINATED_BY is None or isinstance(error, INTERRUPTIONS):
         return error
     return Terminated(_TERMINATED_BY)
 
@@ -82,9 +83,9 @@ def reported_errors(program: str, raise_instead: type[Exception] | None = None) 
     """
     try:
         yield
-    except (KeyboardInterrupt, Terminated, Exception) as caught:
+    except (*INTERRUPTIONS, Exception) as caught:
         error = as_interruption(caught)
-        if isinstance(error, (KeyboardInterrupt, Terminated)):
+        if isinstance(error, INTERRUPTIONS):
             if raise_instead is not None:
                 if error is caught:
                     raise

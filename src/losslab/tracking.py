@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import DictConfig
 
-from losslab.cli import Terminated, as_interruption, sigterm_as_exception
+from losslab.cli import INTERRUPTIONS, Terminated, as_interruption, sigterm_as_exception
 from losslab.config import ConfigError, as_plain
 
 if TYPE_CHECKING:
@@ -376,7 +376,7 @@ def run(
             yield active
         except BaseException as caught:
             error = as_interruption(caught)
-            if isinstance(error, (KeyboardInterrupt, Terminated)):
+            if isinstance(error, INTERRUPTIONS):
                 _end(RunStatus.KILLED, str(error) or "interrupted")
             else:
                 _end(RunStatus.FAILED, _fit(f"{type(error).__name__}: {error}", 5000))
