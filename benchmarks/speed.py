@@ -2,7 +2,7 @@
 
 One command, one machine, one invocation:
 
-    python benchmarks/speed.py            (about 55 minutes on 2 cores)
+    python benchmarks/speed.py            (about 65 minutes on 2 cores)
 
 - A, reference: each of the 11 reference experiments as the tutorials write it
   (benchmarks/tutorial_style.py), one fresh process each, one after the other, no tracking;
@@ -25,7 +25,7 @@ One command, one machine, one invocation:
   median of 5 runs.
 - One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
   (7 of each, alternated; the medians); one pipeline execution, ``dvc repro --force`` in a clone
-  of the repo (5 of each); and one longer run (reg_mse on 200 times the samples, 3 of each).
+  of the repo (5 of each); and one longer run (reg_mse on 200 times the samples, 5 of each).
 - Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers (3 of each,
   alternated; the medians), and how fast the CLI answers ``--help`` and a config error.
 
@@ -66,7 +66,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 STUDY = ["-m", "study=seeds", "hydra.sweeper.params.seed=0"]
 USED_STUDIES = 4  # full seed studies in the store in use: 224 runs with their parents
-STUDY_ROUNDS = 5  # studies of each kind: one varies by 10 to 20 % from run to run here
+STUDY_ROUNDS = 7  # studies of each kind: one varies by 10 to 20 % from run to run here
 
 
 def reference_presets() -> list[str]:
@@ -425,7 +425,7 @@ def main() -> None:
         single = single_run(folder, "single", "experiment=separable_hinge")
         pipeline = pipeline_run(folder)
         long_run = single_run(
-            folder, "long", "experiment=reg_mse", "dataset.n_samples=200000", repeats=3
+            folder, "long", "experiment=reg_mse", "dataset.n_samples=200000", repeats=5
         )
         latency = cli_latency()
         print(f"A {args.repeats - 1} more times, for the spread:", flush=True)

@@ -239,7 +239,10 @@ def run_name(cfg: DictConfig) -> str:
     return f"{cfg.dataset.name}·{cfg.loss.name}·{cfg.optimizer.name}·s{cfg.seed}"
 
 
+@functools.cache
 def _git(*args: str) -> str | None:
+    """Asked once per process: its runs use the code it started with, and a sweep's tracker
+    asks for every job."""
     try:
         done = subprocess.run(
             ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
@@ -249,13 +252,21 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+@functools.cache
+def installed_version(package: str) -> str | None:
+    """Read once per process: installed packages do not change under it, and reading their
+    metadata cost a sweep's tracker about 15 ms a job."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def library_versions() -> dict[str, str]:
     versions = {"version.python": platform.python_version()}
     for package in _VERSIONED:
-        try:
-            versions[f"version.{package.removesuffix('-cpu')}"] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
+        if version := installed_version(package):
+            versions[f"version.{package.removesuffix('-cpu')}"] = version
     return versions
 
 
@@ -590,15 +601,18 @@ def _log_dataset_here(meta: dict[str, Any], source: str) -> None:
     _log_batch_in_background(active_run_id(), tags=[RunTag("losslab.data_hash", meta["sha256"])])
 
 
-def _model_environment() -> tuple[dict, list[str]]:
-    """The logged model's conda environment and pip requirements: the installed versions of
-    what it needs to load. Written directly: ``mlflow.keras`` would check them against every
-    installed package (0.35 to 0.8 s of CPU per process), a check versions read from the
-    installed packages always pass."""
-    from mlflow.utils.environment import _mlflow_conda_env
+@functools.cache
+def _model_environment() -> tuple[dict, list[str], Any]:
+    """The logged model's conda environment, pip requirements and Python environment: the
+    installed versions of what it needs to load, the same for every model a process logs.
+    Written directly: ``mlflow.keras`` would check them against every installed package (0.35
+    to 0.8 s of CPU per process), a check versions read from the installed packages always
+    pass."""
+    from mlflow.utils.environment import _mlflow_conda_env, _PythonEnv
 
-    requirements = [f"{p}=={metadata.version(p)}" for p in _MODEL_REQUIREMENTS]
-    return _mlflow_conda_env(additional_pip_deps=requirements, install_mlflow=False), requirements
+    requirements = [f"{p}=={installed_version(p)}" for p in _MODEL_REQUIREMENTS]
+    conda_env = _mlflow_conda_env(additional_pip_deps=requirements, install_mlflow=False)
+    return conda_env, requirements, _PythonEnv.current()
 
 
 class _KerasFile:
@@ -632,7 +646,6 @@ class _KerasFile:
             _CONDA_ENV_FILE_NAME,
             _PYTHON_ENV_FILE_NAME,
             _REQUIREMENTS_FILE_NAME,
-            _PythonEnv,
         )
         from mlflow.utils.file_utils import get_total_file_size, write_to
 
@@ -645,7 +658,7 @@ class _KerasFile:
         mlflow_model.add_flavor(
             "keras",
             data="data",
-            keras_version=metadata.version("keras"),
+            keras_version=installed_version("keras"),
             keras_backend=keras_backend,
             save_exported_model=False,
         )
@@ -657,11 +670,11 @@ class _KerasFile:
         )
         mlflow_model.model_size_bytes = get_total_file_size(path)
         mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
-        conda_env, requirements = _model_environment()
+        conda_env, requirements, python_env = _model_environment()
         with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
             yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
         write_to(os.path.join(path, _REQUIREMENTS_FILE_NAME), "\n".join(requirements))
-        _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
+        python_env.to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
 
 
 def _log_model_here(folder: str, example: Any, prediction: Any, keras_backend: str) -> None:
