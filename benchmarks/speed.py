@@ -265,17 +265,21 @@ def percent_slower(tracked_s: float, untracked_s: float) -> float:
 
 
 def overhead(time_one: Callable[[bool], float], repeats: int) -> dict:
-    """Wall times tracked and untracked, ``repeats`` of each, alternated, and their medians,
-    since one process's time varies by about 10 % from run to run on a 2-core machine."""
+    """Wall times tracked and untracked, ``repeats`` pairs, each pair in the other order than
+    the one before; their medians, and each pair's tracked run against its untracked one:
+    one process's time varies by about 10 % from run to run on a 2-core machine, and the
+    machine's speed drifts from minute to minute (the same training took 61 to 73 s of CPU)."""
     samples: dict[str, list[float]] = {"tracked": [], "untracked": []}
-    for _ in range(repeats):
-        for tracked in (True, False):
+    for repeat in range(repeats):
+        for tracked in (True, False) if repeat % 2 == 0 else (False, True):
             samples["tracked" if tracked else "untracked"].append(time_one(tracked))
     tracked_s, untracked_s = (statistics.median(samples[k]) for k in ("tracked", "untracked"))
+    by_pair = [percent_slower(t, u) for t, u in zip(samples["tracked"], samples["untracked"])]
     return {
         "tracked_s": tracked_s,
         "untracked_s": untracked_s,
         "tracking_overhead_percent": percent_slower(tracked_s, untracked_s),
+        "tracking_overhead_by_pair_percent": by_pair,
         "samples_s": samples,
     }
 
@@ -538,7 +542,8 @@ def report(r: dict) -> None:
         )
         + "".join(
             f"\n{label}: {r[key]['tracked_s']:.1f} s tracked, {r[key]['untracked_s']:.1f} s "
-            f"untracked ({r[key]['tracking_overhead_percent']:.1f} %)"
+            f"untracked ({r[key]['tracking_overhead_percent']:.1f} %; pair by pair, median "
+            f"{statistics.median(r[key]['tracking_overhead_by_pair_percent']):.1f} %)"
             for key, label in (
                 ("single_run", "one run (separable_hinge)"),
                 ("pipeline_run", "one pipeline execution (dvc repro --force)"),
