@@ -274,7 +274,8 @@ def overhead(time_one: Callable[[bool], float], repeats: int) -> dict:
         for tracked in (True, False) if repeat % 2 == 0 else (False, True):
             samples["tracked" if tracked else "untracked"].append(time_one(tracked))
     tracked_s, untracked_s = (statistics.median(samples[k]) for k in ("tracked", "untracked"))
-    by_pair = [percent_slower(t, u) for t, u in zip(samples["tracked"], samples["untracked"])]
+    pairs = zip(samples["tracked"], samples["untracked"], strict=True)
+    by_pair = [percent_slower(tracked, untracked) for tracked, untracked in pairs]
     return {
         "tracked_s": tracked_s,
         "untracked_s": untracked_s,
