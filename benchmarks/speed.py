@@ -2,7 +2,7 @@
 
 One command, one machine, one invocation:
 
-    python benchmarks/speed.py            (about 65 minutes on 2 cores)
+    python benchmarks/speed.py            (about 50 minutes on 2 cores)
 
 - A, reference: each of the 11 reference experiments as the tutorials write it
   (benchmarks/tutorial_style.py), one fresh process each, one after the other, no tracking;
@@ -24,8 +24,9 @@ One command, one machine, one invocation:
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py), the
   median of 5 runs.
 - One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
-  (7 of each, alternated; the medians); one pipeline execution, ``dvc repro --force`` in a clone
-  of the repo (5 of each); and one longer run (reg_mse on 200 times the samples, 5 of each).
+  (7 pairs, each in the other order than the one before; the medians, and each pair's
+  overhead); one pipeline execution, ``dvc repro --force`` in a clone of the repo (5 pairs); and
+  one longer run (reg_mse on 200 times the samples, 5 pairs).
 - Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers (3 of each,
   alternated; the medians), and how fast the CLI answers ``--help`` and a config error.
 
