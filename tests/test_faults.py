@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from conftest import (
@@ -325,6 +327,25 @@ def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
     assert "no run left RUNNING" in again.stdout, output(again)
     assert "marked FAILED" not in again.stdout
     assert running(uri) == []
+
+
+def test_a_run_whose_holder_is_a_zombie_is_found_by_doctor(tmp_path):
+    """Where nothing reaps orphans (a container's first process may not), a killed side process
+    stays a zombie: its pid still answers, but nothing holds the run."""
+    uri = store(tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    holder = subprocess.Popen([sys.executable, "-c", ""])  # a zombie until it is waited for
+    try:
+        wait_for(
+            lambda: psutil.Process(holder.pid).status() == psutil.STATUS_ZOMBIE, 30, "its exit"
+        )
+        tags = {"losslab.pid": str(holder.pid), "losslab.host": socket.gethostname()}
+        run_id = client.create_run(make_experiment(uri), tags=tags).info.run_id
+        dry = run_command([LOSSLAB_DOCTOR, "--dry-run"], tmp_path, uri)
+    finally:
+        holder.wait()
+    assert dry.returncode == 0, output(dry)
+    assert f"would mark FAILED: run {run_id}" in dry.stdout, output(dry)
 
 
 # --------------------------------------------------------------------------------------------

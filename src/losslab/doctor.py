@@ -8,20 +8,22 @@ Every losslab run records the pid and host that hold it; a RUNNING run whose pro
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 from typing import Any
 
+import psutil
+
 
 def _alive(pid: int) -> bool:
+    """A zombie counts as gone: it holds no run any more, and where nothing reaps orphans (a
+    container whose first process does not) a killed side process stays one for ever."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # exists, owned by someone else
+    except psutil.AccessDenied:  # exists, owned by someone else
         return True
-    return True
 
 
 def process_gone(run: Any) -> bool | None:
