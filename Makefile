@@ -7,7 +7,7 @@ RAY_STAMP := $(VENV)/.installed-ray
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-all lint params ui server postgresql
+.PHONY: run test test-all lint lock params ui server postgresql
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,13 +34,20 @@ run: $(STAMP)
 
 TEST_WORKERS ?= 2
 
-## test: the fast test set, on TEST_WORKERS processes (6 to 9 minutes on 2 cores)
+# the tests marked `spawn` run a second time with multiprocessing's start method forced to
+# spawn (macOS's and Windows's default) in every Python process, through tests/spawn/sitecustomize.py
+SPAWN := LOSSLAB_START_METHOD=spawn PYTHONPATH="$(CURDIR)/tests/spawn$${PYTHONPATH:+:$$PYTHONPATH}"
+
+## test: the fast test set, on TEST_WORKERS processes (6 to 9 minutes on 2 cores), then
+## the fast tests marked `spawn` once more under the spawn start method
 test: $(RAY_STAMP) postgresql
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20
+	$(SPAWN) $(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 -m "spawn and not slow"
 
 ## test-all: every test, the slow end-to-end ones included (about 12 minutes on 2 cores)
 test-all: $(RAY_STAMP) postgresql
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "slow or not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 -m "slow or not slow"
+	$(SPAWN) $(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 -m spawn
 
 ## postgresql: PostgreSQL's server from Debian's packages, for the tests of MLflow on it; as
 ## root with apt only, and only when it is missing (else those tests skip, saying why)
@@ -52,6 +59,39 @@ postgresql:
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests
+
+# one resolution for Linux x86-64, macOS arm64 and Windows x86-64 at once (markers in the
+# files pick what differs); LOCK_ARGS=--upgrade moves every pin to the newest that fits
+LOCK_COMPILE = uv pip compile pyproject.toml --universal --python-version 3.11 --no-header
+
+## lock: re-resolve requirements.lock and requirements-ray.lock after a change to
+## pyproject.toml, keeping the pins that still fit (uv: .venv/bin/uv, or any uv on PATH).
+## The whole set with the ray extra is resolved first and the base set within it, so that
+## the base set's pins (joblib, for one: hydra-ray-launcher needs cloudpickle<3) fit Ray too.
+lock:
+	grep -shv '^-r' requirements.lock requirements-ray.lock > ray.lock.tmp || :
+	$(LOCK_COMPILE) --quiet $(LOCK_ARGS) --extra dev --extra postgres --extra ray --no-annotate -o ray.lock.tmp
+	$(LOCK_COMPILE) --quiet $(LOCK_ARGS) --extra dev --extra postgres --annotation-style line -c ray.lock.tmp -o requirements.lock
+	{ printf '%s\n' \
+		'# The pinned set that `make` installs: the dependencies, the dev extra (pytest, ruff, uv)' \
+		'# and the postgres extra, for Python 3.11 on Linux x86-64, macOS arm64 and Windows x86-64' \
+		'# alike: markers pick what differs (tensorflow-cpu on Linux and Windows, tensorflow on' \
+		'# macOS). tests/test_lock.py checks that it installs on each of the three.' \
+		'# Regenerate it with `make lock`, which resolves the set with the ray extra into' \
+		'# ray.lock.tmp (see requirements-ray.lock), then this set within it:' \
+		'#   $(LOCK_COMPILE) --extra dev --extra postgres --annotation-style line -c ray.lock.tmp -o requirements.lock' \
+		; sed -e 's/, -c ray\.lock\.tmp//' -e 's/-c ray\.lock\.tmp, //' requirements.lock; } > base.lock.tmp
+	mv base.lock.tmp requirements.lock
+	sed 's/ *#.*//' requirements.lock | grep . > base-pins.tmp
+	{ printf '%s\n' \
+		'# The `ray` extra on top of the base set: Ray sweeps (hydra/launcher=ray), for Python 3.11' \
+		'# on Linux x86-64, macOS arm64 and Windows x86-64 (tests/test_lock.py checks each).' \
+		'# hydra-ray-launcher needs cloudpickle<3, which is why the base set pins joblib 1.5.3.' \
+		'# Regenerate it with `make lock`: the pins below are those of this resolution that' \
+		'# requirements.lock does not have:' \
+		'#   $(LOCK_COMPILE) --extra dev --extra postgres --extra ray --no-annotate -o ray.lock.tmp' \
+		'-r requirements.lock'; grep -vxF -f base-pins.tmp ray.lock.tmp || :; } > requirements-ray.lock
+	rm -f ray.lock.tmp base-pins.tmp
 
 ## params: rewrite params.yaml from conf/ (the default composition)
 params: $(STAMP)
