@@ -1,34 +1,22 @@
-"""The reference study side by side: tutorial-style scripts vs losslab vs the compiled floor.
+"""The reference study side by side: the tutorials' literal scripts vs losslab vs the floor.
 
 One command, one machine, one invocation:
 
-    python benchmarks/speed.py            (about 50 minutes on 2 cores)
+    python benchmarks/speed.py            (about 20 minutes on 2 cores)
 
 - A, reference: each of the 11 reference experiments as the tutorials write it
   (benchmarks/tutorial_style.py), one fresh process each, one after the other, no tracking;
   run --repeats times in all (the extra runs untimed) for the run-to-run spread of its results.
 - B, losslab: ``losslab -m study=seeds hydra.sweeper.params.seed=0`` (one repetition of the
-  study), MLflow tracking, plots and the study report included, into a SQLite store in use: a
-  copy of one that already holds 4 full seed studies (224 runs with their parents), grown
-  first. Also into an empty store that exists (as after ``make run``), and once into a fresh
-  store, which adds creating its schema.
-- B without tracking: the same with ``tracking.enabled=false``. B runs :data:`STUDY_ROUNDS`
-  times into each store and untracked, in turns whose order rotates (so that no kind always
-  runs first or last), and reports the medians (per experiment too, over the
-  studies into the store in use), and each turn's tracked studies against that turn's untracked
-  one: one study's time varies by 10 to 20 % from run to run on a 2-core machine, and its speed
-  drifts between turns.
-- What tracking needs in CPU (benchmarks/tracking_cost.py: MLflow's import and store, each
-  job's logging) against the CPU the untracked study leaves idle: the least overhead any way of
-  logging these runs could have here.
+  study), MLflow tracking, plots and the study report included, into a store made beforehand;
+  :data:`STUDY_ROUNDS` times, the median reported (one study varies by 10 to 20 % here).
+- Tracking's cost in a warm sweep worker (benchmarks/tracking_cost.py): MLflow's import and
+  store, once per process, and each job's tracking CPU (params, per-epoch metrics, plots and the
+  model), tracked against untracked jobs in the same process.
 - C, floor: each experiment's training as one compiled XLA program (benchmarks/floor.py), the
   median of 5 runs.
-- One run as a user starts it, ``losslab experiment=separable_hinge``, with and without tracking
-  (7 pairs, each in the other order than the one before; the medians, and each pair's
-  overhead); one pipeline execution, ``dvc repro --force`` in a clone of the repo (5 pairs); and
-  one longer run (reg_mse on 200 times the samples, 5 pairs).
-- Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers (3 of each,
-  alternated; the medians), and how fast the CLI answers ``--help`` and a config error.
+- Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers, how fast the CLI
+  answers ``--help`` and a config error, and the lines of the tracking code.
 
 Wall times include process start-up and imports. Peak RSS is sampled per process (psutil).
 Prints a table, writes benchmarks/speed.json and draws docs/benchmark.png.
@@ -40,23 +28,18 @@ import argparse
 import json
 import os
 import platform
-import resource
-import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import psutil
-import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
@@ -66,8 +49,7 @@ from losslab.config import as_plain, validate
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 STUDY = ["-m", "study=seeds", "hydra.sweeper.params.seed=0"]
-USED_STUDIES = 4  # full seed studies in the store in use: 224 runs with their parents
-STUDY_ROUNDS = 7  # studies of each kind: one varies by 10 to 20 % from run to run here
+STUDY_ROUNDS = 3  # one study varies by 10 to 20 % from run to run here
 
 
 def reference_presets() -> list[str]:
@@ -75,15 +57,13 @@ def reference_presets() -> list[str]:
 
 
 class Measured:
-    """A command's wall time, the peak RSS of each process of its tree and, for a command that
-    runs alone, the CPU time of its tree (every process the command waited for)."""
+    """A command's wall time and the peak RSS of each process of its tree."""
 
     def __init__(
         self, command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> None:
         self.peaks: dict[int, int] = {}
         self.started_at = time.time()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         process = subprocess.Popen(
             command,
@@ -97,8 +77,6 @@ class Measured:
         sampler.start()
         self.output = process.communicate()[0]
         self.seconds = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.cpu_s = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
         sampler.join()
         self.root_pid = process.pid
         if process.returncode != 0:
@@ -156,50 +134,12 @@ def run_reference(
         return dict(pool.map(one, configs))
 
 
-def store_size(db: Path) -> dict:
-    """What a SQLite store holds: runs, metric values, megabytes."""
-    with sqlite3.connect(db) as connection:
-        runs, values = (
-            connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("runs", "metrics")
-        )
-    return {"runs": runs, "metric_values": values, "mb": db.stat().st_size / 1e6}
-
-
-def existing_store(folder: Path, name: str) -> str:
-    """The URI of a SQLite store created beforehand, as ``make run`` leaves one."""
+def run_study(folder: Path, name: str) -> tuple[Measured, str]:
+    """One study into a store created beforehand, as ``make run`` leaves one."""
     uri = f"sqlite:///{folder / name}.db"
     MlflowClient(uri).search_experiments()
-    return uri
-
-
-def store_in_use(folder: Path) -> Path:
-    """A SQLite store that already holds :data:`USED_STUDIES` full seed studies, as a user's
-    does after a while; the studies measured go into copies of it."""
-    db = folder / "in-use.db"
-    for repeat in range(USED_STUDIES):
-        sweep_dir = f"hydra.sweep.dir={folder / f'in-use-{repeat}'}"
-        Measured(
-            [str(BIN / "losslab"), "-m", "study=seeds", sweep_dir],
-            {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"},
-        )
-    return db
-
-
-def run_study(folder: Path, name: str, store: str, used: Path) -> tuple[Measured, str]:
-    """One study into a ``store``: "used" (a copy of ``used``), "empty" (created beforehand),
-    "fresh" (created by the study), or "none" (untracked: no store is made)."""
-    uri, extra = f"sqlite:///{folder / name}.db", ()
-    if store == "used":
-        shutil.copyfile(used, folder / f"{name}.db")
-    elif store == "empty":
-        existing_store(folder, name)
-    elif store == "none":
-        extra = ("tracking.enabled=false",)
     sweep_dir = f"hydra.sweep.dir={folder / name}"
-    measured = Measured(
-        [str(BIN / "losslab"), *STUDY, sweep_dir, *extra], {"MLFLOW_TRACKING_URI": uri}
-    )
+    measured = Measured([str(BIN / "losslab"), *STUDY, sweep_dir], {"MLFLOW_TRACKING_URI": uri})
     print(f"  {name:26s} {measured.seconds:6.1f} s", flush=True)
     return measured, uri
 
@@ -242,7 +182,7 @@ def median_jobs(studies: list[tuple[Measured, str]]) -> dict[str, dict]:
     }
 
 
-def throughput(folder: Path, workers: int, repeat: int, jobs: int = 8) -> float:
+def throughput(folder: Path, workers: int, repeat: int, jobs: int = 24) -> float:
     """Jobs per minute of a sweep of ``jobs`` short runs on ``workers`` processes, each into a
     fresh store."""
     name = f"throughput{workers}-{repeat}"
@@ -261,84 +201,12 @@ def throughput(folder: Path, workers: int, repeat: int, jobs: int = 8) -> float:
     return 60 * jobs / measured.seconds
 
 
-def percent_slower(tracked_s: float, untracked_s: float) -> float:
-    return 100 * (tracked_s / untracked_s - 1)
-
-
-def overhead(time_one: Callable[[bool], float], repeats: int) -> dict:
-    """Wall times tracked and untracked, ``repeats`` pairs, each pair in the other order than
-    the one before; their medians, and each pair's tracked run against its untracked one:
-    one process's time varies by about 10 % from run to run on a 2-core machine, and the
-    machine's speed drifts from minute to minute (the same training took 61 to 73 s of CPU)."""
-    samples: dict[str, list[float]] = {"tracked": [], "untracked": []}
-    for repeat in range(repeats):
-        for tracked in (True, False) if repeat % 2 == 0 else (False, True):
-            samples["tracked" if tracked else "untracked"].append(time_one(tracked))
-    tracked_s, untracked_s = (statistics.median(samples[k]) for k in ("tracked", "untracked"))
-    pairs = zip(samples["tracked"], samples["untracked"], strict=True)
-    by_pair = [percent_slower(tracked, untracked) for tracked, untracked in pairs]
-    return {
-        "tracked_s": tracked_s,
-        "untracked_s": untracked_s,
-        "tracking_overhead_percent": percent_slower(tracked_s, untracked_s),
-        "tracking_overhead_by_pair_percent": by_pair,
-        "samples_s": samples,
-    }
-
-
-def single_run(folder: Path, name: str, *overrides: str, repeats: int = 7) -> dict:
-    """One ``losslab`` process, tracked and not, on a store that already exists (as it does
-    after the first run)."""
-    uri = existing_store(folder, name)
-    runs = iter(range(2 * repeats))
-
-    def time_one(tracked: bool) -> float:
-        run_dir = folder / f"{name}-{next(runs)}"
-        command = [str(BIN / "losslab"), *overrides, "trainer.verbose=0"]
-        command += [f"tracking.enabled={str(tracked).lower()}", f"hydra.run.dir={run_dir}"]
-        return Measured(command, {"MLFLOW_TRACKING_URI": uri}).seconds
-
-    return overhead(time_one, repeats)
-
-
-def pipeline_run(folder: Path, repeats: int = 5) -> dict:
-    """``dvc repro --force`` of the default params.yaml in a clone of the repo, tracked and not:
-    one pipeline execution is one run, started by train and added to by evaluate and plot."""
-    clone = folder / "pipeline"
-    subprocess.run(["git", "clone", "--quiet", str(HERE.parent), str(clone)], check=True)
-    env = {
-        "MLFLOW_TRACKING_URI": existing_store(folder, "pipeline"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the stages' losslab-stage
-    }
-    params = clone / "params.yaml"
-    default = yaml.safe_load(params.read_text())
-    Measured([str(BIN / "dvc"), "repro"], env, clone)  # the first execution fills DVC's cache
-
-    def time_one(tracked: bool) -> float:
-        changed = {**default, "tracking": {**default["tracking"], "enabled": tracked}}
-        params.write_text(yaml.safe_dump(changed, sort_keys=False))
-        return Measured([str(BIN / "dvc"), "repro", "--force"], env, clone).seconds
-
-    return overhead(time_one, repeats)
-
-
-def tracking_floor(cost: dict, tracked: Measured, untracked: Measured) -> dict:
-    """The least a tracked study can cost on this machine. Every job's logging has to run
-    somewhere, and MLflow has to be imported and the store opened in at least one process;
-    only the CPU the untracked study leaves idle takes that work for free, the rest is spread
-    over the cores at best."""
-    logging = {p: j["tracked"] - j["untracked"] for p, j in cost["job_cpu_s"].items()}
-    needed = cost["start_cpu_s"] + sum(logging.values())
-    cores = os.cpu_count() or 1
-    idle = cores * untracked.seconds - untracked.cpu_s
-    return {
-        "mlflow_start_cpu_s": cost["start_cpu_s"],
-        "logging_cpu_s_by_job": logging,
-        "needed_cpu_s": needed,
-        "study_cpu_s": {"tracked": tracked.cpu_s, "untracked": untracked.cpu_s},
-        "untracked_idle_cpu_s": idle,
-        "floor_percent": 100 * max(0.0, needed - idle) / cores / untracked.seconds,
-    }
+def source_lines() -> dict[str, int]:
+    """Lines of the tracking and sweep modules, and of all of ``src/``."""
+    src = HERE.parent / "src"
+    count = {p: len(p.read_text().splitlines()) for p in src.rglob("*.py")}
+    tracking = [src / "losslab" / name for name in ("tracking.py", "sweep.py")]
+    return {"tracking_and_sweep": sum(count[p] for p in tracking), "src": sum(count.values())}
 
 
 def cli_latency() -> dict[str, float]:
@@ -400,39 +268,26 @@ def main() -> None:
         configs = write_configs(folder, presets, seed=0)
         print("A, reference (tutorial-style scripts, one process each):", flush=True)
         reference = run_reference(configs, folder, timed=True, repeat=0)
-        print(f"a store in use: {USED_STUDIES} full seed studies into it", flush=True)
-        used = store_in_use(folder)
-        in_use = store_size(used)
-        print(f"B, losslab study ({STUDY_ROUNDS} turns: each store, untracked):", flush=True)
-        studies: dict[str, list[tuple[Measured, str]]] = {"used": [], "empty": [], "none": []}
-        kinds = list(studies)
-        for repeat in range(STUDY_ROUNDS):
-            for store in kinds[repeat % 3 :] + kinds[: repeat % 3]:
-                studies[store].append(run_study(folder, f"B-{store}-{repeat}", store, used))
-        tracked, empty, untracked = (median_study(studies[k]) for k in ("used", "empty", "none"))
-        fresh, _ = run_study(folder, "B-fresh", "fresh", used)
-        jobs = median_jobs(studies["used"])
-        print("C, compiled floor; scaling; throughput; CLI:", flush=True)
+        print(f"B, losslab study ({STUDY_ROUNDS} times):", flush=True)
+        studies = [run_study(folder, f"B-{repeat}") for repeat in range(STUDY_ROUNDS)]
+        study = median_study(studies)
+        jobs = median_jobs(studies)
+        print("tracking's cost; C, compiled floor; scaling; throughput; CLI:", flush=True)
+        cost_out = folder / "tracking_cost.json"
+        Measured(
+            [sys.executable, str(HERE / "tracking_cost.py"), cost_out, *presets],
+            {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'tracking-cost.db'}"},
+        )
+        cost = json.loads(cost_out.read_text())
         floor_out = folder / "floor.json"
         Measured([sys.executable, str(HERE / "floor.py"), *configs.values(), floor_out])
         floor = json.loads(floor_out.read_text())
         scaling_out = folder / "scaling.json"
         Measured([sys.executable, str(HERE / "scaling.py"), scaling_out])
         scaling = json.loads(scaling_out.read_text())
-        cost_out = folder / "tracking_cost.json"
-        Measured(
-            [sys.executable, str(HERE / "tracking_cost.py"), cost_out, *presets],
-            {"MLFLOW_TRACKING_URI": existing_store(folder, "tracking-cost")},
-        )
-        cost = json.loads(cost_out.read_text())
-        # the median of 3 each, alternated: one short sweep varies by 20 % here
-        samples = [(n, throughput(folder, n, repeat)) for repeat in range(3) for n in (1, 2)]
+        # the median of 2 each, alternated: one short sweep varies by 20 % here
+        samples = [(n, throughput(folder, n, repeat)) for repeat in range(2) for n in (1, 2)]
         jobs_per_minute = {n: statistics.median(v for m, v in samples if m == n) for n in (1, 2)}
-        single = single_run(folder, "single", "experiment=separable_hinge")
-        pipeline = pipeline_run(folder)
-        long_run = single_run(
-            folder, "long", "experiment=reg_mse", "dataset.n_samples=200000", repeats=5
-        )
         latency = cli_latency()
         print(f"A {args.repeats - 1} more times, for the spread:", flush=True)
         spreads = {p: [reference[p]] for p in presets}
@@ -441,6 +296,7 @@ def main() -> None:
                 spreads[preset].append(result)
 
     a_total = sum(r["wall_s"] for r in reference.values())
+    tracking_cpu = {p: c["tracked"] - c["untracked"] for p, c in cost["job_cpu_s"].items()}
     result = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -452,37 +308,23 @@ def main() -> None:
                 "b_job_wall_s": jobs[p]["wall_s"],
                 "b_train_s": jobs[p]["train_s"],
                 "c_train_s": floor[p]["train_s"],
+                "tracking_cpu_s": tracking_cpu[p],
                 "a_over_b_job": reference[p]["wall_s"] / jobs[p]["wall_s"],
                 "b_train_over_c": jobs[p]["train_s"] / floor[p]["train_s"],
             }
             for p in presets
         },
         "a_total_s": a_total,
-        "b_total_s": tracked.seconds,
-        "b_without_tracking_s": untracked.seconds,
-        "b_empty_store_s": empty.seconds,
-        "b_fresh_store_s": fresh.seconds,
-        "b_samples_s": {k: [m.seconds for m, _ in v] for k, v in studies.items()},
-        "store_in_use": in_use,
-        "a_over_b": a_total / tracked.seconds,
-        "tracking_overhead_percent": percent_slower(tracked.seconds, untracked.seconds),
-        "tracking_overhead_empty_store_percent": percent_slower(empty.seconds, untracked.seconds),
-        # each turn's tracked study against the untracked one of the same turn: the machine's
-        # speed drifts between turns more than tracking costs
-        "tracking_overhead_by_turn_percent": {
-            store: [
-                percent_slower(tracked_study.seconds, untracked_study.seconds)
-                for (tracked_study, _), (untracked_study, _) in zip(
-                    studies[store], studies["none"], strict=True
-                )
-            ]
-            for store in ("used", "empty")
-        },
-        "study_tracking_cpu": tracking_floor(cost, tracked, untracked),
+        "b_total_s": study.seconds,
+        "b_samples_s": [m.seconds for m, _ in studies],
+        "a_over_b": a_total / study.seconds,
+        "mlflow_start_cpu_s": cost["start_cpu_s"],
+        "mlflow_imports_and_stores_per_process": cost["per_process"],
+        "tracking_cpu_s_per_job_max": max(tracking_cpu.values()),
         "peak_rss_gb": {
             "a_process": max(r["peak_rss_gb"] for r in reference.values()),
-            "b_parent": tracked.root_peak_gb,
-            "b_worker": tracked.worker_peak_gb,
+            "b_parent": study.root_peak_gb,
+            "b_worker": study.worker_peak_gb,
         },
         "scaling": {
             **scaling,
@@ -490,10 +332,8 @@ def main() -> None:
             "r2_by_epochs": linearity(scaling["seconds_by_epochs"]),
         },
         "jobs_per_minute_by_workers": jobs_per_minute,
-        "single_run": single,
-        "pipeline_run": pipeline,
-        "long_run": long_run,
         "cli_seconds": latency,
+        "source_lines": source_lines(),
         "spread_check": spread_check(spreads, jobs),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -503,38 +343,29 @@ def main() -> None:
 
 def report(r: dict) -> None:
     print(
-        f"\n{'experiment':24s} {'A proc':>7s} {'B job':>7s} {'A/B':>5s} "
-        f"{'B train':>8s} {'C':>6s} {'B/C':>5s}  B test loss vs A (mean ± sd)"
+        f"\n{'experiment':24s} {'A proc':>7s} {'B job':>7s} {'A/B':>5s} {'B train':>8s} "
+        f"{'C':>6s} {'B/C':>5s} {'track':>6s}  B test loss vs A (mean ± sd)"
     )
     for preset, e in r["experiments"].items():
         check = r["spread_check"][preset]
         print(
             f"{preset:24s} {e['a_wall_s']:6.1f}s {e['b_job_wall_s']:6.2f}s "
             f"{e['a_over_b_job']:5.1f} {e['b_train_s']:7.2f}s {e['c_train_s']:5.2f}s "
-            f"{e['b_train_over_c']:5.1f}  {check['b']:.4f} vs {check['a_mean']:.4f} ± "
-            f"{check['a_sd']:.4f} {'ok' if check['within'] else 'OUTSIDE'}"
+            f"{e['b_train_over_c']:5.1f} {e['tracking_cpu_s']:5.2f}s  {check['b']:.4f} vs "
+            f"{check['a_mean']:.4f} ± {check['a_sd']:.4f} {'ok' if check['within'] else 'OUTSIDE'}"
         )
-    rss, cpu = r["peak_rss_gb"], r["study_tracking_cpu"]
-    logging = cpu["logging_cpu_s_by_job"].values()
+    rss, per_process, lines = (
+        r["peak_rss_gb"],
+        r["mlflow_imports_and_stores_per_process"],
+        r["source_lines"],
+    )
     print(
-        f"\ntotal: A {r['a_total_s']:.1f} s, B {r['b_total_s']:.1f} s  ->  "
-        f"A/B = {r['a_over_b']:.1f}\n"
-        f"B without tracking {r['b_without_tracking_s']:.1f} s: tracking overhead "
-        f"{r['tracking_overhead_percent']:.1f} % into a store holding "
-        f"{r['store_in_use']['runs']} runs; into an empty one {r['b_empty_store_s']:.1f} s "
-        f"({r['tracking_overhead_empty_store_percent']:.1f} %); into a fresh store "
-        f"{r['b_fresh_store_s']:.1f} s\n"
-        f"per turn, against the untracked study of the same turn: median "
-        + ", ".join(
-            f"{statistics.median(v):.1f} % into the {store} store"
-            for store, v in r["tracking_overhead_by_turn_percent"].items()
-        )
-        + "\n"
-        f"tracking's CPU: MLflow import and store {cpu['mlflow_start_cpu_s']:.1f} s, logging "
-        f"{sum(logging):.1f} s for the {len(logging)} jobs; studies "
-        f"{cpu['study_cpu_s']['untracked']:.1f} s -> "
-        f"{cpu['study_cpu_s']['tracked']:.1f} s CPU, {cpu['untracked_idle_cpu_s']:.1f} s idle "
-        f"untracked: floor of the overhead {cpu['floor_percent']:.1f} %\n"
+        f"\ntotal: A {r['a_total_s']:.1f} s, B {r['b_total_s']:.1f} s (median of "
+        f"{len(r['b_samples_s'])})  ->  A/B = {r['a_over_b']:.1f}\n"
+        f"tracking CPU per job in a warm worker: at most {r['tracking_cpu_s_per_job_max']:.2f} s; "
+        f"MLflow's import and store {r['mlflow_start_cpu_s']:.2f} s CPU, "
+        f"{per_process['mlflow_imports']} import(s) and {per_process['stores_opened']} store(s) "
+        f"for {per_process['jobs']} jobs in one process\n"
         f"peak RSS: A process {rss['a_process']:.2f} GB, B parent {rss['b_parent']:.2f} GB, "
         f"B worker {rss['b_worker']:.2f} GB\n"
         f"scaling R²: n_samples {r['scaling']['r2_by_n_samples']:.3f}, "
@@ -542,18 +373,9 @@ def report(r: dict) -> None:
         + ", ".join(
             f"{n} worker(s) {v:.1f} jobs/min" for n, v in r["jobs_per_minute_by_workers"].items()
         )
-        + "".join(
-            f"\n{label}: {r[key]['tracked_s']:.1f} s tracked, {r[key]['untracked_s']:.1f} s "
-            f"untracked ({r[key]['tracking_overhead_percent']:.1f} %; pair by pair, median "
-            f"{statistics.median(r[key]['tracking_overhead_by_pair_percent']):.1f} %)"
-            for key, label in (
-                ("single_run", "one run (separable_hinge)"),
-                ("pipeline_run", "one pipeline execution (dvc repro --force)"),
-                ("long_run", "one longer run (reg_mse, 200 000 samples)"),
-            )
-        )
         + "\nCLI: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in r["cli_seconds"].items())
+        + f"\nlines: tracking.py + sweep.py {lines['tracking_and_sweep']}, src/ {lines['src']}"
     )
 
 
@@ -581,12 +403,8 @@ def draw(r: dict, target: Path) -> None:
     per_run.set(ylabel="seconds (log)", title="per experiment")
     per_run.set_ylim(top=per_run.get_ylim()[1] * 10)  # room for the legend above the bars
     per_run.legend(fontsize=8, loc="upper center", ncols=3)
-    bars = {
-        "A": r["a_total_s"],
-        "B": r["b_total_s"],
-        "B, no\ntracking": r["b_without_tracking_s"],
-    }
-    total.bar(list(bars), list(bars.values()), color=["C0", "C1", "C2"])
+    bars = {"A": r["a_total_s"], "B": r["b_total_s"]}
+    total.bar(list(bars), list(bars.values()), color=["C0", "C1"])
     for i, value in enumerate(bars.values()):
         total.text(i, value, f"{value:.0f} s", ha="center", va="bottom")
     total.set(title=f"whole study: A/B = {r['a_over_b']:.1f}", ylabel="seconds")

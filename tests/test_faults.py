@@ -192,6 +192,18 @@ def test_signal_during_training_keeps_outputs_and_repro_recovers(repro_clone, si
     assert "Data and pipelines are up to date" in status.stdout, output(status)
 
 
+def left_in_session(session: int) -> list[int]:
+    """The live processes of a session (a zombie that nothing has reaped yet runs nothing)."""
+    left = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(process.pid)
+        except (OSError, psutil.Error):  # gone meanwhile
+            continue
+    return left
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "whole_group", "reason"),
@@ -201,16 +213,22 @@ def test_signal_during_training_keeps_outputs_and_repro_recovers(repro_clone, si
 def test_stopped_joblib_sweep_ends_every_run_and_says_so_once(
     tmp_path, signum, whole_group, reason
 ):
-    """Ctrl-C reaches the sweep and its workers; SIGTERM only the sweep's own process."""
+    """Ctrl-C reaches the sweep and its workers; SIGTERM only the sweep's own process, and
+    joblib ends the workers with it. Either way the parent run ends KILLED and no job's run is
+    left RUNNING: a job whose worker went down before it could end its run is ended KILLED by
+    the sweep on its way out."""
     uri, sweep_dir = store(tmp_path), tmp_path / "sweep"
-    cmd = [LOSSLAB, "-m", "experiment=reg_mse", "seed=range(0,40)", "hydra/launcher=joblib"]
+    total = 40
+    cmd = [LOSSLAB, "-m", "experiment=reg_mse", f"seed=range(0,{total})", "hydra/launcher=joblib"]
     cmd += [*TINY, f"hydra.sweep.dir={sweep_dir}"]
     with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
         proc = subprocess.Popen(
             cmd, cwd=tmp_path, env=run_env(uri), stdout=out, stderr=err, start_new_session=True
         )
         try:
-            wait_for(lambda: list(sweep_dir.glob("*/metrics.json")), 180, "a finished job", proc)
+            done = f"losslab: sweep 1/{total} jobs done"
+            wait_for(lambda: done in (tmp_path / "err.txt").read_text(), 180, "a job done", proc)
+            workers = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
             if whole_group:
                 os.killpg(proc.pid, signum)
             else:
@@ -223,47 +241,38 @@ def test_stopped_joblib_sweep_ends_every_run_and_says_so_once(
     assert "Traceback" not in stdout + stderr, stderr[-3000:]
     said = [line for line in stderr.splitlines() if "interrupted" in line]
     assert said == [f"losslab: interrupted ({reason})"], stderr[-3000:]
+    # no worker left behind: nothing the sweep started (its session) runs on
+    wait_for(lambda: not left_in_session(proc.pid), 30, "the sweep's workers to exit")
+
     assert running(uri) == []
-    (parent,) = [r for r in all_runs(uri) if r.data.tags.get("losslab.sweep") == "true"]
-    assert parent.info.status == "KILLED"
-    assert parent.data.tags["losslab.error"].startswith("stopped after"), parent.data.tags
-
-
-@pytest.mark.slow
-def test_killed_sweep_process_leaves_its_tracker_to_end_every_run_killed(tmp_path):
-    """Nothing runs on the way out of the sweep's own process: its tracker, which holds the
-    parent run and the jobs' runs, ends them all KILLED when that process is gone."""
-    uri, sweep_dir = store(tmp_path), tmp_path / "sweep"
-    make_experiment(uri)  # the store exists, so this test's polling does not race its creation
-    cmd = [LOSSLAB, "-m", "experiment=reg_mse", "seed=range(0,40)", "hydra/launcher=joblib"]
-    cmd += [*TINY, f"hydra.sweep.dir={sweep_dir}"]
-    with (tmp_path / "out.txt").open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env(uri), stdout=out, stderr=out)
-        try:
-            wait_for(lambda: list(sweep_dir.glob("*/metrics.json")), 180, "a finished job", proc)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-            wait_for(lambda: all_runs(uri) and not running(uri), 120, "every run to end")
-        finally:
-            stop(proc)
     runs = all_runs(uri)
     (parent,) = [r for r in runs if r.data.tags.get("losslab.sweep") == "true"]
     assert parent.info.status == "KILLED"
-    assert parent.data.tags["losslab.error"].startswith("stopped after"), parent.data.tags
+    assert parent.data.tags["losslab.pid"] == str(proc.pid)  # the sweep's own process
+    stopped = re.fullmatch(r"stopped after (\d+) of (\d+) jobs", parent.data.tags["losslab.error"])
+    assert stopped, parent.data.tags
     children = [r for r in runs if r is not parent]
-    assert "FINISHED" in {c.info.status for c in children}
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert int(stopped.group(2)) == total
+    assert 1 <= int(stopped.group(1)) <= len(finished) < total  # a job done is a run finished
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    for child in children:  # logged by the workers
+        assert int(child.data.tags["losslab.pid"]) in workers, (child.data.tags, workers)
+        if child.info.status == "KILLED":
+            assert child.data.tags["losslab.error"], child.data.tags
+            assert child.info.end_time is not None
 
 
 # --------------------------------------------------------------------------------------------
-# 2. SIGKILL: nothing runs on the way out of the killed process. The side process that holds
-#    its run ends the run KILLED; if it dies too, losslab-doctor finds and fails the orphan.
+# 2. SIGKILL: nothing runs on the way out of the killed process, so its run stays RUNNING;
+#    losslab-doctor finds the run whose holder is gone and fails it.
 # --------------------------------------------------------------------------------------------
 
 
 def long_training(tmp_path: Path) -> tuple[MlflowClient, subprocess.Popen, str, int]:
     """A ``losslab`` run of 100000 epochs, once it has logged some: the store's client, the
-    process, the run's id and the pid of the side process that holds the run."""
+    process, the run's id and the pid its ``losslab.pid`` tag names as the run's holder."""
     uri = store(tmp_path)
     make_experiment(uri)
     client = MlflowClient(tracking_uri=uri)
@@ -278,27 +287,11 @@ def long_training(tmp_path: Path) -> tuple[MlflowClient, subprocess.Popen, str, 
 
 
 @pytest.mark.slow
-def test_sigkill_to_losslab_and_its_side_process_ends_the_run_killed(tmp_path):
-    client, proc, run_id, side = long_training(tmp_path)
-    try:
-        assert side != proc.pid  # the side process holds the run
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
-        wait_for(lambda: client.get_run(run_id).info.status != "RUNNING", 60, "the run to end")
-    finally:
-        stop(proc)
-    ended = client.get_run(run_id)
-    assert ended.info.status == "KILLED"
-    assert ended.data.tags["losslab.error"] == "the losslab process ended before its run did"
-    wait_for(lambda: not Path(f"/proc/{side}").exists(), 60, "the side process to exit")
-
-
-@pytest.mark.slow
 def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
     client, proc, run_id, holder = long_training(tmp_path)
     uri = store(tmp_path)
     try:
-        os.kill(holder, signal.SIGKILL)  # the side process first, then the one it serves
+        assert holder == proc.pid  # the losslab process holds its run itself
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:
@@ -306,11 +299,12 @@ def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     orphan = client.get_run(run_id)
     assert orphan.info.status == "RUNNING"  # the fault: nobody ended it
+    assert orphan.info.run_name == "regression-mse-sgd-s0"  # experiment=reg_mse, seed 0
 
     dry = run_command([LOSSLAB_DOCTOR, "--dry-run"], tmp_path, uri)
     assert dry.returncode == 0, output(dry)
-    assert f"would mark FAILED: run {run_id}" in dry.stdout, output(dry)
-    assert f"pid {holder} is gone" in dry.stdout
+    line = f"would mark FAILED: run {run_id} (regression-mse-sgd-s0), pid {holder} is gone"
+    assert line in dry.stdout, output(dry)
     assert client.get_run(run_id).info.status == "RUNNING"  # a dry run changes nothing
 
     fixed = run_command([LOSSLAB_DOCTOR], tmp_path, uri)
@@ -330,8 +324,8 @@ def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
 
 
 def test_a_run_whose_holder_is_a_zombie_is_found_by_doctor(tmp_path):
-    """Where nothing reaps orphans (a container's first process may not), a killed side process
-    stays a zombie: its pid still answers, but nothing holds the run."""
+    """A killed ``losslab`` process whose parent does not reap it (a container's first process
+    may not) stays a zombie: its pid still answers, but nothing holds the run."""
     uri = store(tmp_path)
     client = MlflowClient(tracking_uri=uri)
     holder = subprocess.Popen([sys.executable, "-c", ""])  # a zombie until it is waited for

@@ -189,7 +189,7 @@ def test_sweep_on_a_ray_cluster_logs_every_job_to_the_server(
         assert done.returncode == 0, output(done)
         children = assert_sweep_finished(url, 4)
     assert f"Connecting to existing Ray cluster at address: {ray_cluster}" in done.stderr
-    job_pids = set(re.findall(r"\(_run_job pid=(\d+)\)", done.stderr))
+    job_pids = set(re.findall(r"\(_run_job pid=(\d+)\)", done.stdout + done.stderr))
     assert job_pids and {c.data.tags["losslab.pid"] for c in children} <= job_pids
     assert sorted(c.data.params["dataset.random_state"] for c in children) == list("1234")
     (sweep_dir,) = (driver / "multirun").glob("*/*")

@@ -12,11 +12,15 @@ import json
 import math
 import os
 import re
+import selectors
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,7 +31,8 @@ import numpy as np
 import pytest
 import yaml
 from conftest import REPO_ROOT, all_runs, mlflow_server, run_command, run_env, shrink, wait_for
-from mlflow.entities import Param, RunStatus, ViewType
+from filelock import FileLock
+from mlflow.entities import LoggedModelStatus, Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -35,6 +40,7 @@ from losslab import app, cli, tracking
 from losslab.config import as_plain, validate
 
 BIN = Path(sys.executable).parent
+SRC = REPO_ROOT / "src"
 LOSSLAB = str(BIN / "losslab")
 MLFLOW = str(BIN / "mlflow")
 EPOCHS = 4
@@ -80,6 +86,68 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows] for key in rows[0]}
 
 
+def logged_model_files(client: MlflowClient, model_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_logged_model_artifacts(model_id, path):
+        found |= logged_model_files(client, model_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def copy_store(source: Path, target: Path) -> None:
+    """A consistent copy of the SQLite store ``source`` (SQLite's own backup)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+@contextmanager
+def made_once(tmp_path_factory, worker_id: str, name: str) -> Iterator[tuple[Path, Path]]:
+    """A folder ``name`` shared by the session's xdist workers, and the file that says it is
+    made, under a file lock: the first worker to get there makes it (when that file is absent),
+    the others wait for it and use what it made."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base if worker_id == "master" else base.parent) / name  # parent: the session's
+    with FileLock(f"{folder}.lock", timeout=900):
+        folder.mkdir(exist_ok=True)
+        yield folder, folder / "made.json"
+
+
+@pytest.fixture(scope="module")
+def migrated_store(tmp_path_factory, worker_id) -> Path:
+    """An empty store with MLflow's schema, made once: migrating a new SQLite store takes about
+    5 s, which only the tests of a fresh store (``app_run``, the concurrent jobs) need to pay."""
+    with made_once(tmp_path_factory, worker_id, "migrated_store") as (folder, made):
+        if not made.exists():
+            MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+            made.write_text("{}")
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def tracking_uri(tracking_uri: str, migrated_store: Path) -> str:
+    """conftest's temp store, begun as a copy of ``migrated_store`` (no experiment of losslab's
+    yet: the run under test still makes it)."""
+    copy_store(migrated_store, Path(tracking_uri.removeprefix("sqlite:///")))
+    return tracking_uri
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
+    """Read ``proc``'s stdout until a line starts with ``prefix``; fail if it ends first."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not selector.select(timeout=left):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                _, stderr = proc.communicate()
+                pytest.fail(f"exited with {proc.returncode} before {prefix!r}:\n{stderr[-3000:]}")
+            if line.startswith(prefix):
+                return line
+    pytest.fail(f"no line starting with {prefix!r} in {timeout:.0f} s")
+
+
 @pytest.fixture(autouse=True)
 def _restore_mlflow_tracking_uri(monkeypatch):
     """Runs here point MLflow's process-wide tracking URI at temp stores; put it back after."""
@@ -100,13 +168,14 @@ class AppRun:
     out: Path
     overrides: list[str]
     run: Any  # mlflow.entities.Run
+    pid: int  # of the losslab process
+    model_files: set[str]  # the logged model's, as the run left them
 
 
 @pytest.fixture(scope="module")
-def app_run(compose_raw, tmp_path_factory) -> AppRun:
-    """One ``losslab`` command, as a user runs it: its side process does the MLflow work."""
-    root = tmp_path_factory.mktemp("app_run")
-    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+def app_run(compose_raw, tmp_path_factory, worker_id) -> AppRun:
+    """One ``losslab`` command on a fresh store, as a user runs it: it logs its run itself.
+    Made once for all of the session's workers; its tests only read it."""
     overrides = [
         "experiment=circles_hinge",
         f"trainer.epochs={EPOCHS}",
@@ -114,13 +183,41 @@ def app_run(compose_raw, tmp_path_factory) -> AppRun:
         "dataset.n_samples=200",
         "dataset.n_test=100",
     ]
-    done = run_command([LOSSLAB, *overrides, f"hydra.run.dir={root / 'out'}"], root, uri)
-    assert done.returncode == 0, done.stderr[-3000:]
+    with made_once(tmp_path_factory, worker_id, "app_run") as (root, made):
+        uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+        if not made.exists():
+            proc = subprocess.Popen(
+                [LOSSLAB, *overrides, f"hydra.run.dir={root / 'out'}"],
+                cwd=root,
+                env=run_env(uri),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                _, stderr = proc.communicate(timeout=600)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+            outcome = {"returncode": proc.returncode, "stderr": stderr[-3000:], "pid": proc.pid}
+            if proc.returncode == 0:
+                # before any test loads it: loading models:/ from a local store adds a file
+                (run,) = all_runs(uri)
+                (output,) = run.outputs.model_outputs
+                files = logged_model_files(MlflowClient(uri), output.model_id)
+                outcome["model_files"] = sorted(files)
+            made.write_text(json.dumps(outcome))
+        outcome = json.loads(made.read_text())
+    assert outcome["returncode"] == 0, outcome["stderr"]
     runs = all_runs(uri)
     assert len(runs) == 1, f"expected one run, found {len(runs)}"
-    return AppRun(validate(compose_raw(*overrides)), uri, root / "out", overrides, runs[0])
+    cfg = validate(compose_raw(*overrides))
+    model_files = set(outcome["model_files"])
+    return AppRun(cfg, uri, root / "out", overrides, runs[0], outcome["pid"], model_files)
 
 
+@pytest.mark.spawn
 def test_app_run_params_equal_the_flattened_config(app_run):
     params = app_run.run.data.params
     assert params == tracking.config_params(app_run.cfg)
@@ -146,6 +243,7 @@ def test_app_run_params_equal_the_flattened_config(app_run):
     assert float(params["optimizer.learning_rate"]) == app_run.cfg.optimizer.learning_rate
 
 
+@pytest.mark.spawn
 def test_app_run_metric_histories_follow_the_epochs(app_run):
     client = MlflowClient(tracking_uri=app_run.uri)
     history_csv = read_history(app_run.out / "model" / "history.csv")
@@ -159,6 +257,7 @@ def test_app_run_metric_histories_follow_the_epochs(app_run):
         assert all(math.isfinite(m.value) for m in history)
 
 
+@pytest.mark.spawn
 def test_app_run_final_metrics_equal_metrics_json(app_run):
     written = json.loads((app_run.out / "metrics.json").read_text())
     expected = {f"{split}_{k}": v for split, scores in written.items() for k, v in scores.items()}
@@ -168,10 +267,13 @@ def test_app_run_final_metrics_equal_metrics_json(app_run):
         assert logged[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
 
+@pytest.mark.spawn
 def test_app_run_tags(app_run):
     tags = app_run.run.data.tags
-    assert tags["mlflow.runName"] == "circles_noisy·hinge·sgd·s0"
-    assert app_run.run.info.run_name == "circles_noisy·hinge·sgd·s0"
+    name = "circles_noisy-hinge-sgd-s0"  # dataset-loss-optimizer-seed, ASCII to type in a search
+    assert tags["mlflow.runName"] == name
+    assert app_run.run.info.run_name == name
+    assert name == tracking.run_name(app_run.cfg)
     assert tags["losslab.entry_point"] == "cli"
     assert tags["losslab.preset"] == "circles_hinge"
     assert tags["losslab.overrides"] == " ".join(app_run.overrides)
@@ -182,8 +284,13 @@ def test_app_run_tags(app_run):
     )
     assert known.returncode == 0, "git.commit is not a commit of this repository"
     assert tags["git.dirty"] in ("true", "false")
+    assert tags["losslab.pid"] == str(app_run.pid)  # the losslab process holds its own run
+    try:
+        tensorflow = metadata.version("tensorflow-cpu")
+    except metadata.PackageNotFoundError:  # macOS: tensorflow
+        tensorflow = metadata.version("tensorflow")
+    assert tags["version.tensorflow"] == tensorflow
     for tag, package in (
-        ("version.tensorflow", "tensorflow-cpu"),
         ("version.keras", "keras"),
         ("version.mlflow", "mlflow"),
         ("version.hydra-core", "hydra-core"),
@@ -192,6 +299,7 @@ def test_app_run_tags(app_run):
         assert tags[tag] == metadata.version(package), tag
 
 
+@pytest.mark.spawn
 def test_app_run_dataset_input_carries_the_data_hash(app_run):
     meta = json.loads((app_run.out / "data" / "dataset.json").read_text())
     inputs = app_run.run.inputs.dataset_inputs
@@ -203,6 +311,7 @@ def test_app_run_dataset_input_carries_the_data_hash(app_run):
     assert inputs[0].dataset.digest == meta["sha256"][:32]
 
 
+@pytest.mark.spawn
 def test_app_run_artifacts_and_status(app_run, tmp_path):
     client = MlflowClient(tracking_uri=app_run.uri)
     run = client.get_run(app_run.run.info.run_id)
@@ -240,6 +349,7 @@ def _reference_predictions(app_run: AppRun) -> tuple[np.ndarray, np.ndarray]:
     return x_test, model.predict(x_test, verbose=0)
 
 
+@pytest.mark.spawn
 def test_logged_model_predicts_like_the_saved_model(app_run):
     mlflow.set_tracking_uri(app_run.uri)
     uri = _model_uri(app_run)
@@ -276,6 +386,7 @@ CHILD_PREDICT = textwrap.dedent(
 )
 
 
+@pytest.mark.spawn
 def test_logged_model_loads_without_losslab(app_run, tmp_path):
     uri = _model_uri(app_run)
     _, expected = _reference_predictions(app_run)
@@ -294,37 +405,61 @@ def test_logged_model_loads_without_losslab(app_run, tmp_path):
     assert np.allclose(np.load(target), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_logged_model_folder_is_the_one_mlflow_keras_writes(app_run, tmp_path):
-    """The process that holds a run files the model without importing Keras
-    (``tracking._KerasFile``): its folder must be what ``mlflow.keras.save_model`` writes."""
-    import keras
+def expected_model_requirements() -> list[str]:
+    """What the logged model needs, pinned at the installed versions."""
+    try:
+        metadata.version("tensorflow-cpu")
+        tensorflow = "tensorflow-cpu"
+    except metadata.PackageNotFoundError:  # macOS
+        tensorflow = "tensorflow"
+    return [f"{p}=={metadata.version(p)}" for p in ("mlflow", "keras", "numpy", tensorflow)]
+
+
+@pytest.mark.spawn
+def test_logged_model_is_a_ready_keras_model_of_the_run(app_run, tmp_path):
+    """The model goes through MLflow's public logged-model API (mlflow.keras.log_model cannot
+    take an input example on 3.17, mlflow#16183): it must still be what log_model makes."""
+    from mlflow.models import Model
+
+    run_id = app_run.run.info.run_id
+    (output,) = app_run.run.outputs.model_outputs
+    client = MlflowClient(app_run.uri)
+    logged = client.get_logged_model(output.model_id)
+    assert logged.status == LoggedModelStatus.READY
+    assert logged.name == "model"
+    assert logged.source_run_id == run_id
+    assert logged.experiment_id == app_run.run.info.experiment_id  # not the Default experiment
 
     mlflow.set_tracking_uri(app_run.uri)
-    ours = Path(
-        mlflow.artifacts.download_artifacts(_model_uri(app_run), dst_path=str(tmp_path / "ours"))
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{logged.model_id}", dst_path=str(tmp_path))
     )
-    model = keras.models.load_model(ours / "data" / "model.keras")
-    example = np.load(app_run.out / "data" / "dataset.npz")["x_test"][:5]
-    theirs = tmp_path / "theirs"
-    theirs.mkdir()  # mlflow.keras writes the input example before it creates the folder
-    mlflow.keras.save_model(
-        model,
-        str(theirs),
-        signature=mlflow.models.infer_signature(example, model.predict(example, verbose=0)),
-        input_example=example,
-        pip_requirements=(ours / "requirements.txt").read_text().splitlines(),
-    )
+    stored = app_run.model_files
+    assert {"MLmodel", "data/model.keras", "input_example.json", "requirements.txt"} <= stored
+    # what mlflow.keras.save_model writes; loading from models:/ adds registered_model_meta
+    assert "registered_model_meta" not in stored
+    downloaded = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+    assert downloaded - {"registered_model_meta"} == stored
+    described = Model.load(str(local / "MLmodel"))
+    assert described.run_id == run_id and described.model_id == logged.model_id
+    assert set(described.flavors) == {"keras", "python_function"}
+    assert described.flavors["python_function"]["loader_module"] == "mlflow.keras"
+    assert described.flavors["keras"]["keras_version"] == metadata.version("keras")
 
-    def files(folder: Path) -> set[str]:
-        return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    x_test, expected = _reference_predictions(app_run)
+    signature = described.signature.to_dict()
+    assert json.loads(signature["inputs"])[0]["tensor-spec"]["shape"] == [-1, x_test.shape[1]]
+    assert json.loads(signature["outputs"])[0]["tensor-spec"]["shape"] == [-1, expected.shape[1]]
+    example = described.load_input_example(str(local))
+    assert np.allclose(example, x_test[:5])  # the first rows of the test split
 
-    assert files(ours) - {"registered_model_meta"} == files(theirs)  # that one is Model.log's
-    for name in files(theirs) - {"MLmodel", "data/model.keras"}:
-        assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
-    described, expected = (yaml.safe_load((d / "MLmodel").read_text()) for d in (ours, theirs))
-    for key in ("flavors", "signature", "saved_input_example_info"):
-        assert described[key] == expected[key], key
-    assert abs(described["model_size_bytes"] - expected["model_size_bytes"]) < 1000
+    requirements = (local / "requirements.txt").read_text().split()
+    assert tracking._model_requirements() == expected_model_requirements()
+    assert sorted(requirements) == sorted(expected_model_requirements())
+
+    for uri in (f"runs:/{run_id}/model", f"models:/{logged.model_id}"):
+        predicted = np.asarray(mlflow.pyfunc.load_model(uri).predict(x_test))
+        assert np.allclose(predicted, expected, rtol=1e-5, atol=1e-6), uri
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,17 +516,19 @@ def test_config_params_truncate_long_values_and_keys_visibly(tiny_cfg):
     assert len(set(long_keys)) == 2
 
 
+@pytest.mark.spawn
 def test_config_params_with_long_keys_can_be_logged(tracking_uri, tiny_cfg):
     cfg = tiny_cfg()
     params = tracking.config_params(with_extra(cfg, {"n": {"k" * 300: 1}}))
     assert any(len(key) == 250 for key in params)
     with tracking.run(cfg, "cli") as active:  # the run itself logs fine
         run_id = active.info.run_id
-        tracking.wait_for_background()  # the run's own params first: the same keys, raced
+        # the run's own params are logged by now; logging the same values again is allowed
         MlflowClient().log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     assert MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.params == params
 
 
+@pytest.mark.spawn
 @pytest.mark.parametrize("field", ["preset", "dataset.name"])
 def test_run_with_a_7000_char_param_finishes(compose_raw, tracking_uri, field):
     raw = compose_raw("experiment=reg_mse")
@@ -410,19 +547,27 @@ def test_run_with_a_7000_char_param_finishes(compose_raw, tracking_uri, field):
     assert all(len(tag) <= 8000 for tag in run.data.tags.values())
 
 
+@pytest.mark.spawn
 def test_epoch_metrics_buffer_until_flush_and_split_large_batches(tiny_cfg, tracking_uri):
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
     client = MlflowClient(tracking_uri=tracking_uri)
+    assert tracking.epoch_metrics() is None  # no active run: nothing to buffer for
     with tracking.run(tiny_cfg(), "cli") as active:
         run_id = active.info.run_id
-        buffered = tracking.EpochMetrics(flush_every=3600)
+        buffered = tracking.epoch_metrics()
+        assert buffered is not None
+        buffered.flush_every = 3600
         for epoch in range(1, 601):  # 1200 values: more than one log_batch may carry
             buffered.add(epoch, {"loss": 1.0 / epoch, "val_loss": 2.0 / epoch})
+        assert len(buffered.pending) == 1200 > MAX_METRICS_PER_BATCH
         assert client.get_metric_history(run_id, "loss") == []
-        buffered.flush()
+        buffered.flush()  # sent before it returns, in batches MLflow accepts
+        assert buffered.pending == []
+        assert len(client.get_metric_history(run_id, "loss")) == 600
         at_once = tracking.EpochMetrics(flush_every=0)
-        at_once.add(1, {"other": 0.5})
-        tracking.wait_for_background()  # flushes are sent from a background thread
-        assert len(client.get_metric_history(run_id, "other")) == 1
+        at_once.add(1, {"other": 0.5})  # due at once: sent by add itself
+        assert [m.value for m in client.get_metric_history(run_id, "other")] == [0.5]
     for key, scale in (("loss", 1.0), ("val_loss", 2.0)):
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         assert [m.step for m in history] == list(range(1, 601))
@@ -478,6 +623,7 @@ def test_a_runs_metric_history_is_read_through_its_own_index_as_the_store_grows(
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.spawn
 def test_exception_marks_run_failed_and_propagates(tiny_cfg, tracking_uri):
     with (
         pytest.raises(RuntimeError, match="boom in step"),
@@ -493,6 +639,7 @@ def test_exception_marks_run_failed_and_propagates(tiny_cfg, tracking_uri):
     assert "boom in step" in run.data.tags["losslab.error"]
 
 
+@pytest.mark.spawn
 def test_keyboard_interrupt_marks_run_killed(tiny_cfg, tracking_uri):
     with pytest.raises(KeyboardInterrupt), tracking.run(tiny_cfg(), "cli") as active:
         run_id = active.info.run_id
@@ -503,6 +650,7 @@ def test_keyboard_interrupt_marks_run_killed(tiny_cfg, tracking_uri):
     assert run.data.tags["losslab.error"]
 
 
+@pytest.mark.spawn
 def test_resumed_run_that_succeeds_clears_an_earlier_error(tiny_cfg, tracking_uri):
     cfg = tiny_cfg()
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -523,6 +671,7 @@ def test_resumed_run_that_succeeds_clears_an_earlier_error(tiny_cfg, tracking_ur
     assert len(all_runs(tracking_uri)) == 1
 
 
+@pytest.mark.spawn
 def test_diverging_loss_fails_the_run_with_the_reason(tiny_cfg, tracking_uri, tmp_path):
     from losslab.training import TrainingDiverged
 
@@ -540,6 +689,7 @@ def test_diverging_loss_fails_the_run_with_the_reason(tiny_cfg, tracking_uri, tm
     assert history and history[0].step == 1
 
 
+@pytest.mark.spawn
 def test_sigterm_to_losslab_marks_run_killed(tiny_cfg, tracking_uri, tmp_path):
     tracking.prepare(tiny_cfg())  # the store exists, so polling it cannot race its creation
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -548,7 +698,7 @@ def test_sigterm_to_losslab_marks_run_killed(tiny_cfg, tracking_uri, tmp_path):
         LOSSLAB,
         "experiment=reg_mse",
         "trainer.epochs=100000",
-        "trainer.verbose=0",
+        "trainer.verbose=2",  # a line per epoch: "Epoch 2/100000" once the first one is done
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
     proc = subprocess.Popen(
@@ -569,14 +719,8 @@ def test_sigterm_to_losslab_marks_run_killed(tiny_cfg, tracking_uri, tmp_path):
             proc=proc,
         )
         run_id = running[0].info.run_id
-        # the dataset input is logged right before training starts: stop it mid-training
-        wait_for(
-            lambda: client.get_run(run_id).inputs.dataset_inputs,
-            timeout=60,
-            what="training to start",
-            proc=proc,
-        )
-        time.sleep(1)
+        assert running[0].data.tags["losslab.pid"] == str(proc.pid)  # no other process holds it
+        wait_for_line(proc, "Epoch 2/", timeout=120)  # stop it mid-training
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -592,29 +736,31 @@ def test_sigterm_to_losslab_marks_run_killed(tiny_cfg, tracking_uri, tmp_path):
     assert [r.info.status for r in all_runs(tracking_uri)] == ["KILLED"]
 
 
-@pytest.mark.parametrize("beside", [False, True], ids=["here", "side-process"])
+@pytest.mark.spawn
 def test_an_error_a_sigterm_turned_into_still_ends_the_run_killed(
-    tiny_cfg, tracking_uri, monkeypatch, capsys, beside
+    tiny_cfg, tracking_uri, monkeypatch, capsys
 ):
     """TensorFlow tracing a graph can swallow what the SIGTERM handler raises and fail later
     with an error of its own; the command still ends as interrupted and its run KILLED."""
     monkeypatch.setattr(cli, "_TERMINATED_BY", None)  # put back after: pytest was not stopped
+    swallowed = []
 
     def swallowing_library() -> None:
         try:
             os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(10)  # the handler raises here
-        except BaseException:
-            pass
+            time.sleep(10)  # not a barrier: the handler raises in it, cutting it short
+        except BaseException as error:
+            swallowed.append(error)
         raise TypeError("Failed to convert elements of (None,) to Tensor")
 
     with (
         pytest.raises(SystemExit) as stopped,
         cli.reported_errors("losslab"),
-        tracking.run(tiny_cfg(), "cli", beside=beside),
+        tracking.run(tiny_cfg(), "cli"),
     ):
         run_id = tracking.run_record()["run_id"]
         swallowing_library()
+    assert [type(error) for error in swallowed] == [cli.Terminated]
     assert stopped.value.code == cli.EXIT_INTERRUPTED
     assert "losslab: interrupted (terminated by signal 15)" in capsys.readouterr().err
     run = MlflowClient(tracking_uri).get_run(run_id)
@@ -622,120 +768,86 @@ def test_an_error_a_sigterm_turned_into_still_ends_the_run_killed(
     assert run.data.tags["losslab.error"] == "terminated by signal 15"
 
 
-CHILD_SIDE_DIES = textwrap.dedent(
-    """
-    import os, signal, sys
-    from hydra import compose, initialize_config_dir
-    from losslab import tracking
-    from losslab.app import CONF_DIR
-    from losslab.config import validate
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = validate(compose("config", overrides=["experiment=reg_mse"]))
-    try:
-        with tracking.run(cfg, "cli", beside=True):
-            side = tracking._SIDE.process
-            print("run", tracking.run_record()["run_id"], "held by", side.pid, flush=True)
-            os.kill(side.pid, signal.SIGKILL)
-            side.join()
-            tracking.log_metrics({"after": 1.0})  # queued for a process that is gone
-    except RuntimeError as error:
-        print("raised:", error)
-    """
-)
-
-
-def test_a_side_process_that_dies_fails_the_command_and_leaves_the_run_to_the_doctor(
-    tracking_uri, tmp_path
-):
-    done = run_command([sys.executable, "-c", CHILD_SIDE_DIES], tmp_path, tracking_uri)
-    assert done.returncode == 0, done.stderr[-3000:]
-    started, raised = done.stdout.strip().splitlines()[-2:]
-    _, run_id, _, _, side = started.split()
-    lost = f"the tracking process ended unexpectedly (exit code {-signal.SIGKILL})"
-    assert raised == f"raised: {lost}"
-    run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
-    assert run.info.status == "RUNNING"  # nobody could end it: losslab-doctor's case
-    assert run.data.tags["losslab.pid"] == side
-    assert "after" not in run.data.metrics
-
+# --------------------------------------------------------------------------------------------
+# 5. Several runs: one process after another, concurrent jobs on a fresh store
+# --------------------------------------------------------------------------------------------
 
 CHILD_TWO_RUNS = textwrap.dedent(
     """
-    import sys
-    from hydra import compose, initialize_config_dir
-    from losslab import tracking
-    from losslab.app import CONF_DIR
-    from losslab.config import validate
+    import json, sys
+    from pathlib import Path
 
+
+    class MlflowImports:  # counts imports of mlflow: finders are asked only while it is not loaded
+        count = 0
+
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            cls.count += name == "mlflow"
+            return None
+
+
+    sys.meta_path.insert(0, MlflowImports)
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    opened = []
+    init = SqlAlchemyStore.__init__
+
+
+    def counted_init(self, db_uri, *args, **kwargs):
+        opened.append(db_uri)
+        init(self, db_uri, *args, **kwargs)
+
+
+    SqlAlchemyStore.__init__ = counted_init
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from losslab import app
+    from losslab.app import CONF_DIR
+
+    uri, out = sys.argv[1], Path(sys.argv[2])
+    small = ["experiment=reg_mse", "trainer.epochs=2", "trainer.verbose=0"]
+    small += ["dataset.n_samples=100", "dataset.n_test=50"]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = validate(compose("config", overrides=["experiment=reg_mse"]))
-    for value in (1.0, 2.0):  # the first run leaves this process's background thread running
-        with tracking.run(cfg, "cli", beside=True):
-            tracking.log_metrics({"value": value})
-            print("run", tracking.run_record()["run_id"], flush=True)
+        configs = [compose("config", overrides=[*small, f"seed={seed}"]) for seed in (0, 1)]
+    for seed, cfg in enumerate(configs):
+        with open_dict(cfg):
+            cfg.tracking.uri = uri
+        app.run(cfg, out / f"seed{seed}")
+    print(json.dumps({"mlflow_imports": MlflowImports.count, "opened": opened}))
     """
 )
 
 
-def test_one_process_hands_one_run_after_another_to_side_processes(tracking_uri, tmp_path):
-    """Each side process is forked from a process whose background thread already sends (the
-    second one's copy of that thread would not exist, and its own logging would never run)."""
-    done = run_command([sys.executable, "-c", CHILD_TWO_RUNS], tmp_path, tracking_uri, timeout=60)
-    assert done.returncode == 0, done.stderr[-3000:]
-    run_ids = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("run ")]
-    client = MlflowClient(tracking_uri=tracking_uri)
-    runs = [client.get_run(run_id) for run_id in run_ids]
-    assert [(r.info.status, r.data.metrics["value"]) for r in runs] == [
-        ("FINISHED", 1.0),
-        ("FINISHED", 2.0),
-    ]
-
-
-CHILD_AHEAD = textwrap.dedent(
-    """
-    import sys
-    from hydra import compose, initialize_config_dir
-    from losslab import tracking
-    from losslab.app import CONF_DIR
-    from losslab.config import validate
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = validate(compose("config", overrides=["experiment=reg_mse", *sys.argv[1:]]))
-    with tracking.SideProcess.ahead():
-        ahead = tracking._AHEAD.process
-        with tracking.run(cfg, "cli", beside=True):
-            holder = tracking._SIDE.process.pid if tracking._SIDE else None
-            print("ahead", ahead.pid, "holder", holder, "run", tracking.run_record()["run_id"])
-            print("left waiting:", tracking._AHEAD is not None, ahead.exitcode)
-    """
-)
-
-
-def test_the_side_process_forked_ahead_holds_the_run_or_is_stopped_unused(tracking_uri, tmp_path):
-    tracked = run_command([sys.executable, "-c", CHILD_AHEAD], tmp_path, tracking_uri)
-    assert tracked.returncode == 0, tracked.stderr[-3000:]
-    started, left = tracked.stdout.strip().splitlines()[-2:]
-    _, ahead, _, holder, _, run_id = started.split()
-    assert holder == ahead  # the run took the process forked before the config was read
-    assert left == "left waiting: False None"  # still holding the run
-    run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["losslab.pid"] == ahead
-
-    untracked = run_command(
-        [sys.executable, "-c", CHILD_AHEAD, "tracking.enabled=false"], tmp_path, tracking_uri
+def test_one_process_imports_mlflow_once_and_opens_the_store_once(tracking_uri, tmp_path):
+    """Two runs one after another in one process (a sweep's worker runs many): the second one
+    reuses MLflow as imported and the store as opened by the first."""
+    done = run_command(
+        [sys.executable, "-c", CHILD_TWO_RUNS, tracking_uri, str(tmp_path / "out")],
+        tmp_path,
+        tracking_uri,
+        timeout=300,
     )
-    assert untracked.returncode == 0, untracked.stderr[-3000:]
-    started, left = untracked.stdout.strip().splitlines()[-2:]
-    assert started.split()[3:] == ["None", "run", "None"]
-    assert left == f"left waiting: False {-signal.SIGKILL}"  # stopped as the run began untracked
-    assert [r.info.run_id for r in all_runs(tracking_uri)] == [run_id]  # no run of its own
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["mlflow_imports"] == 1
+    db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+    ours = [
+        uri
+        for uri in counts["opened"]
+        if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).resolve() == db
+    ]
+    assert len(ours) == 1, counts["opened"]
+    runs = all_runs(tracking_uri)
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    for run in runs:
+        assert run.data.tags["losslab.pid"] == runs[0].data.tags["losslab.pid"]  # one process
+        assert len(run.outputs.model_outputs) == 1
 
-
-# --------------------------------------------------------------------------------------------
-# 5. Concurrent jobs on a fresh store
-# --------------------------------------------------------------------------------------------
 
 CHILD_TRACK = textwrap.dedent(
     """
@@ -754,6 +866,7 @@ CHILD_TRACK = textwrap.dedent(
     with open_dict(raw):
         raw.tracking.uri = uri
     cfg = validate(raw)
+    go.with_name(f"ready-{index}").touch()
     while not go.exists():  # start all jobs together, after their imports
         time.sleep(0.01)
     tracking.prepare(cfg)
@@ -781,8 +894,11 @@ def test_concurrent_jobs_on_a_fresh_store(tmp_path):
         for index in range(4)
     ]
     try:
-        time.sleep(2)
-        assert not db.exists()
+        for index, proc in enumerate(procs):
+            wait_for(
+                (tmp_path / f"ready-{index}").exists, timeout=120, what=f"job {index}", proc=proc
+            )
+        assert not db.exists()  # every job is ready: the store is made by all of them at once
         go.touch()
         outputs = [proc.communicate(timeout=180) for proc in procs]
     finally:
@@ -884,6 +1000,7 @@ def tracking_server(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.spawn
 def test_app_run_against_a_tracking_server(tracking_server, compose_raw, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
@@ -912,6 +1029,7 @@ def test_app_run_against_a_tracking_server(tracking_server, compose_raw, monkeyp
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.spawn
 def test_mlflow_run_of_the_project(tiny_cfg, tracking_uri, tmp_path):
     # Made here, the experiment keeps its artifacts in the temp store rather than in the repo.
     tracking.prepare(tiny_cfg())
@@ -938,3 +1056,86 @@ def test_mlflow_run_of_the_project(tiny_cfg, tracking_uri, tmp_path):
     assert run.data.params["dataset.n_samples"] == "200"
     written = json.loads((tmp_path / "mr" / "metrics.json").read_text())
     assert run.data.metrics["test_accuracy"] == pytest.approx(written["test"]["accuracy"])
+
+
+# --------------------------------------------------------------------------------------------
+# 9. What the design leaves out
+# --------------------------------------------------------------------------------------------
+
+# Each pattern names something the tracking code once used and must not use again: forked
+# processes (unsafe once TensorFlow's and MLflow's threads run, and absent on macOS and Windows),
+# a Unix socket in the abstract namespace (Linux only), the idle scheduling class, fork hooks,
+# and MLflow's private names (which change between MLflow's releases without notice).
+FORBIDDEN = {
+    "fork context": re.compile(
+        r"""get_context\(\s*["']fork(?:server)?["']|set_start_method\(\s*["']fork"""
+        r"""|\bos\.fork(?:pty)?\("""
+    ),
+    "abstract socket": re.compile(
+        r"""\bAF_UNIX\b|\b(?:bind|connect|Listener|Client)\(\s*(?:address\s*=\s*)?"""
+        r"""b?["']\\(?:0|x00)"""
+    ),
+    "SCHED_IDLE": re.compile(r"\bSCHED_IDLE\b|\bsched_setscheduler\b"),
+    "register_at_fork": re.compile(r"\bregister_at_fork\b"),
+    "private MLflow attribute": re.compile(r"\bmlflow(?:\.[A-Za-z]\w*)*\._[A-Za-z0-9]\w*"),
+}
+FROM_MLFLOW_IMPORT = re.compile(
+    r"^[ \t]*from[ \t]+(mlflow(?:\.\w+)*)[ \t]+import[ \t]+(\([^)]*\)|[^\n]*)", re.MULTILINE
+)
+PRIVATE = re.compile(r"^_(?!_)")  # _name, but not __version__
+
+
+def forbidden_uses(text: str) -> list[str]:
+    found = [
+        f"{what}: {match.group(0)!r}"
+        for what, pattern in FORBIDDEN.items()
+        for match in pattern.finditer(text)
+    ]
+    for match in FROM_MLFLOW_IMPORT.finditer(text):
+        module, names = match.group(1), match.group(2).strip("()")
+        pieces = re.sub(r"#[^\n]*", "", names).split(",")
+        imported = [piece.split()[0] for piece in pieces if piece.strip()]  # "x as y": x
+        private = [name for name in (*module.split("."), *imported) if PRIVATE.match(name)]
+        if private:
+            found.append(f"private MLflow import: {match.group(0)!r}")
+    return found
+
+
+def test_src_has_no_fork_abstract_socket_sched_idle_or_private_mlflow_use():
+    bad = [
+        'context = multiprocessing.get_context("fork")',
+        "ctx = mp.get_context('forkserver')",
+        "pid = os.fork()",
+        r'server.bind("\0losslab-tracker")',
+        r"sock.connect(b'\x00losslab')",
+        "socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)",
+        "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))",
+        "os.register_at_fork(after_in_child=reset)",
+        "from mlflow.tracking._tracking_service.utils import get_tracking_uri",
+        "from mlflow.utils.validation import _validate_run_id",
+        "from mlflow.models import (\n    Model,\n    _private_helper,  # a note\n)",
+        "mlflow.tracking._tracking_service.utils._tracking_uri = None",
+        "store = mlflow.tracking._get_store()",
+    ]
+    for line in bad:
+        assert forbidden_uses(line), f"not recognized: {line!r}"
+    good = [
+        "import mlflow",
+        "from mlflow.entities import Metric, Param, RunStatus",
+        "from mlflow.models import (\n    Model,\n    infer_signature,\n)",
+        "version = mlflow.__version__",
+        "mlflow.keras.save_model(model, path)",
+        'context = multiprocessing.get_context("spawn")',
+        'fields = line.split("\\0")',
+    ]
+    for line in good:
+        assert not forbidden_uses(line), f"wrongly flagged: {line!r}"
+
+    files = [p for p in SRC.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert SRC / "losslab" / "tracking.py" in files
+    found = {
+        str(path.relative_to(SRC)): uses
+        for path in files
+        if (uses := forbidden_uses(path.read_text(errors="replace")))
+    }
+    assert found == {}

@@ -9,7 +9,6 @@ import os
 import string
 import sys
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -30,22 +29,19 @@ def run(
     entry_point: str = "cli",
     overrides: list[str] = (),
     extra_tags: dict[str, str] | None = None,
-    beside: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Validate ``cfg``, then generate, train, evaluate and plot into ``output_dir``.
 
     All four steps share one MLflow run; opening it first checks the tracking store, so an
-    unreachable server is reported before anything is written. ``beside`` has another process
-    do the MLflow work (see ``tracking.SideProcess``): a side process forked for a process that
-    starts fresh, or a sweep's tracker for its job; else this process logs itself (a Ray job,
-    a test). Returns the train and test scores, and the last epoch's validation scores.
+    unreachable server is reported before anything is written. Returns the train and test
+    scores, and the last epoch's validation scores.
     """
     cfg = validate(cfg)
     from losslab import steps, tracking
     from losslab.storage import read_history_csv
 
     layout = steps.Layout(Path(output_dir))
-    with tracking.run(cfg, entry_point, overrides, extra_tags=extra_tags, beside=beside):
+    with tracking.run(cfg, entry_point, overrides, extra_tags=extra_tags):
         steps.generate(cfg, layout)
         model = steps.train(cfg, layout)
         results = steps.evaluate(cfg, layout, model)
@@ -88,32 +84,19 @@ def main() -> float | None:
         with reported_errors("losslab"):
             print(help_text([a for a in arguments if a not in ("-h", "--help")]))
         return None
-    from losslab.sweep import Tracker
-    from losslab.tracking import SideProcess
-
-    # a plain single run (overrides only, no Hydra flags) gets its side process at once, a
-    # sweep its tracker
-    ahead = nullcontext()
-    if not any(a.startswith("-") for a in arguments):
-        ahead = SideProcess.ahead()
-    elif {"-m", "--multirun"} & set(arguments):
-        ahead = Tracker.ahead()
     # Ctrl-C or SIGTERM to a sweep's own process: one line, exit 130, the parent run KILLED
-    with reported_errors("losslab"), sigterm_as_exception(), ahead:
+    with reported_errors("losslab"), sigterm_as_exception():
         return hydra_app()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_app(cfg: DictConfig) -> float | None:
-    """A single run hands its MLflow work to a side process, a sweep's job to the sweep's
-    tracker (a Ray job logs from its worker), as a child of the sweep's parent run. A job
-    trains without a progress bar (the sweep prints jobs done and time left); a failing job
-    fails alone."""
+    """A sweep's job logs a child of the sweep's parent run and trains without a progress bar
+    (the sweep prints jobs done and time left); a failing job fails alone."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from losslab.sweep import PARENT_RUN_ENV
-    from losslab.tracking import TRACKER_ENV
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -132,7 +115,6 @@ def hydra_app(cfg: DictConfig) -> float | None:
             "multirun" if multirun else "cli",
             list(hydra_cfg.overrides.task),
             extra_tags,
-            beside=not multirun or TRACKER_ENV in os.environ,
         )
         print(f"losslab: outputs in {output_dir}")
         for split in ("train", "test"):

@@ -17,6 +17,13 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+def clock(seconds: float) -> str:
+    """A duration as ``m:ss``, or ``h:mm:ss`` from an hour on."""
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM (see losslab.tracking) so a run ends KILLED and the
     command exits as on Ctrl-C."""
@@ -51,6 +58,13 @@ def sigterm_as_exception() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` again if SIGTERM has arrived: for a loop that calls code which
+    swallows every exception (Keras's ``pythonify_logs`` has a bare ``except``)."""
+    if _TERMINATED_BY is not None:
+        raise Terminated(_TERMINATED_BY)
 
 
 def as_interruption(error: BaseException) -> BaseException:

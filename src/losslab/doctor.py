@@ -17,7 +17,7 @@ import psutil
 
 def _alive(pid: int) -> bool:
     """A zombie counts as gone: it holds no run any more, and where nothing reaps orphans (a
-    container whose first process does not) a killed side process stays one for ever."""
+    container whose first process does not) a killed process stays one for ever."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:

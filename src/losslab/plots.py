@@ -108,7 +108,9 @@ def decision_boundary(model: Any, loss_name: str, data: Dataset, title: str, tar
     low, high = points.min(axis=0) - 0.25, points.max(axis=0) + 0.25
     xx0, xx1 = np.meshgrid(*(np.linspace(low[i], high[i], GRID_STEPS) for i in (0, 1)))
     grid = np.column_stack([xx0.ravel(), xx1.ravel()]).astype("float32")
-    outputs = np.asarray(model(grid, training=False))  # one call: no predict loop to trace
+    from losslab.training import predict
+
+    outputs = predict(model, grid)
     response = losses.predict_labels(spec, outputs).reshape(xx0.shape)
     figure, axis = subplots(figsize=(5.5, 4.5))
     binary = data.n_classes == 2

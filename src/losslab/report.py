@@ -14,7 +14,6 @@ import csv
 import functools
 import io
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,8 +238,8 @@ def draw(
     """Validation curves per dataset (mean ± std band) and the final test metric with errors.
 
     Matplotlib spends about 0.4 s of CPU on each figure: ``run_all`` calls the figures'
-    drawing functions, by default shared between this process and forks of it, one per core
-    (a sweep hands them to its idle workers, which have Matplotlib imported).
+    drawing functions, by default one after another (a sweep hands them to its idle workers,
+    which have Matplotlib imported).
     """
     datasets = sorted({c.dataset for c in configurations})
     figures = [
@@ -250,32 +249,13 @@ def draw(
     figures.append(
         (out_dir / "test_metric.png", functools.partial(_test_metric, configurations, datasets))
     )
-    (run_all or _in_forks)([functools.partial(figure, target) for target, figure in figures])
+    calls = [functools.partial(figure, target) for target, figure in figures]
+    if run_all is None:
+        for call in calls:
+            call()
+    else:
+        run_all(calls)
     return [target for target, _ in figures]
-
-
-def _in_forks(calls: list[Callable[[], None]]) -> None:
-    """Share ``calls`` between this process and forks of it, one process per core."""
-    import multiprocessing
-
-    count = max(1, min(os.cpu_count() or 1, len(calls)))
-    shares = [calls[i::count] for i in range(count)]
-    helpers = [
-        multiprocessing.get_context("fork").Process(target=_call_all, args=(share,))
-        for share in shares[1:]
-    ]
-    for helper in helpers:
-        helper.start()
-    _call_all(shares[0])
-    for helper in helpers:
-        helper.join()
-        if helper.exitcode != 0:
-            raise RuntimeError(f"a process drawing the report failed (exit code {helper.exitcode})")
-
-
-def _call_all(calls: list[Callable[[], None]]) -> None:
-    for call in calls:
-        call()
 
 
 def _curves(configurations: list[Configuration], dataset: str, target: Path) -> None:
@@ -377,7 +357,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--experiment", default="losslab", help="experiment name (default losslab)")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else mlflow.db")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="folder to write into")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder to write into (default: report/ in the sweep's folder, else outputs/report)",
+    )
     args = parser.parse_args(argv)
 
     from losslab.cli import reported_errors
@@ -392,6 +376,10 @@ def main(argv: list[str] | None = None) -> None:
         runs, parent = _runs(client, args)
         if not runs:
             raise ConfigError("no runs matched; check --parent, --experiment or --filter")
+        if args.out is None:
+            sweep_dir = parent and client.get_run(parent).data.tags.get("losslab.sweep_dir")
+            in_sweep = sweep_dir and Path(sweep_dir).is_dir()
+            args.out = Path(sweep_dir) / "report" if in_sweep else Path("outputs", "report")
         print(write(from_store(client, runs), args.out), end="")
         if parent:
             client.log_artifacts(parent, str(args.out), "report")

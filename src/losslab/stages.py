@@ -1,14 +1,12 @@
 """``losslab-stage STEP``: one DVC stage, reading ``params.yaml`` and writing its declared outputs.
 
 ``generate`` runs without MLflow; ``train`` starts the pipeline's MLflow run and records its id
-in ``model/run.json``; ``evaluate`` and ``plot`` add to that same run. Each stage is a fresh
-process, so a side process does its MLflow work (see ``tracking.SideProcess``).
+in ``model/run.json``; ``evaluate`` and ``plot`` add to that same run.
 """
 
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
 from pathlib import Path
 
 from losslab.cli import reported_errors
@@ -29,11 +27,11 @@ def run_stage(step: str, params: Path, root: Path) -> None:
     from losslab import tracking
 
     if step == "train":
-        with tracking.run(cfg, "dvc", beside=True):
+        with tracking.run(cfg, "dvc"):
             steps.train(cfg, layout)
         return
     run_id = read_json(layout.run_info).get("run_id")
-    with tracking.run(cfg, "dvc", run_id=run_id, describe=False, beside=True):
+    with tracking.run(cfg, "dvc", run_id=run_id, describe=False):
         steps.STEPS[step](cfg, layout)
 
 
@@ -43,10 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--root", type=Path, default=Path("."), help="folder of the outputs")
     args = parser.parse_args(argv)
-    from losslab.tracking import SideProcess
-
-    ahead = SideProcess.ahead() if args.step != "generate" else nullcontext()
-    with reported_errors(f"losslab-stage {args.step}"), ahead:
+    with reported_errors(f"losslab-stage {args.step}"):
         run_stage(args.step, args.params, args.root)
 
 

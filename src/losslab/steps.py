@@ -22,12 +22,12 @@ from losslab.datasets import Dataset, make_dataset
 from losslab.losses import Task
 from losslab.storage import (
     StageInputError,
-    atomic_path,
     read_history_csv,
     read_json,
     read_npz,
     write_history_csv,
     write_json,
+    write_keras,
     write_npz,
 )
 
@@ -123,7 +123,7 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
 
     from losslab import tracking, training
 
-    tracking.log_dataset(meta, layout.data)
+    tracking.log_dataset(meta, layout.data, data.x_train, data.y_train)
     epochs = tracking.epoch_metrics()
     callbacks = []
     if epochs is not None:
@@ -138,11 +138,10 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
             epochs.flush()
     timing = {"train_seconds": time.perf_counter() - started}
     tracking.log_metrics(timing)
-    with atomic_path(layout.model) as tmp:
-        result.model.save(tmp)
+    write_keras(result.model, layout.model)
     write_history_csv(layout.history, result.history)
     write_json(layout.train, timing)
-    tracking.write_run_record(layout.run_info)
+    write_json(layout.run_info, tracking.run_record())
     tracking.log_artifact(layout.history, "history")
     tracking.log_artifact(layout.data_meta, "data")
     tracking.log_model(result.model, data.x_test)
@@ -165,7 +164,7 @@ def evaluate(cfg: DictConfig, layout: Layout, model: Any = None) -> dict[str, di
             ("train", data.x_train, data.y_train),
             ("test", data.x_test, data.y_test),
         ):
-            predicted = model.predict(x, batch_size=4096, verbose=0).reshape(-1)
+            predicted = training.predict(model, x).reshape(-1)
             error = (data.original_units(predicted) - data.original_units(y)).astype("float64")
             results[split]["mse_original"] = float(np.mean(error**2))
             results[split]["mae_original"] = float(np.mean(np.abs(error)))
@@ -200,13 +199,13 @@ def _predictions_figure(
 ) -> Path:
     """The decision boundary where the data is a plane of classes; otherwise the test predictions
     as a confusion matrix or, for regression, against the true values (in the data's units)."""
-    from losslab import plots
+    from losslab import plots, training
 
     if plots.can_draw_boundary(data):
         return plots.decision_boundary(
             model, cfg.loss.name, data, title, folder / "decision_boundary.png"
         )
-    outputs = model.predict(data.x_test, batch_size=4096, verbose=0)
+    outputs = training.predict(model, data.x_test)
     if data.task is Task.REGRESSION:
         return plots.predicted_vs_true(
             data.original_units(data.y_test),

@@ -1,8 +1,8 @@
 """Atomic, deterministic files: a stage either writes a complete output or leaves the old one.
 
 Every writer goes through :func:`atomic_path` (write beside the target, then rename), and the
-arrays are written as an ``.npz`` with fixed zip timestamps so the same data has the same bytes
-(and so the same DVC hash) on every machine.
+arrays and models are written as zips with fixed timestamps, so the same data or weights have the
+same bytes (and so the same DVC hash) on every machine and at every run.
 """
 
 from __future__ import annotations
@@ -97,6 +97,27 @@ def write_npz(target: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
                 buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False
             )
             archive.writestr(zipfile.ZipInfo(f"{name}.npy", _EPOCH_1980), buffer.getvalue())
+
+
+def write_keras(model: Any, target: str | os.PathLike) -> None:
+    """``model.save`` without what changes from save to save: the zip's timestamps and the
+    ``date_saved`` in its metadata."""
+    with tempfile.TemporaryDirectory() as folder:
+        saved = Path(folder) / "model.keras"
+        model.save(saved)
+        with (
+            zipfile.ZipFile(saved) as source,
+            atomic_path(target) as tmp,
+            zipfile.ZipFile(tmp, "w") as archive,
+        ):
+            for entry in source.infolist():
+                data = source.read(entry)
+                if entry.filename == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata.pop("date_saved", None)
+                    data = json.dumps(metadata).encode()
+                info = zipfile.ZipInfo(entry.filename, _EPOCH_1980)
+                archive.writestr(info, data, compress_type=entry.compress_type)
 
 
 def read_npz(path: str | os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray]:

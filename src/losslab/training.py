@@ -28,11 +28,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from losslab import losses  # noqa: E402
+from losslab.cli import raise_if_terminated  # noqa: E402
 from losslab.config import Validation  # noqa: E402
 from losslab.datasets import Dataset  # noqa: E402
 from losslab.metrics import build_metrics  # noqa: E402
 from losslab.models import build_model  # noqa: E402
 from losslab.optimizers import build_optimizer  # noqa: E402
+from losslab.progress import EpochProgress  # noqa: E402
 from losslab.storage import StageInputError  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # retracing notes when one process trains several models
@@ -44,7 +46,7 @@ tf.get_logger().setLevel("ERROR")  # retracing notes when one process trains sev
 atexit.register(gc.freeze)
 
 EPOCHS_PER_CALL = 10
-"""Epochs per compiled call: callbacks, the progress bar and ``model.stop_training`` act at
+"""Epochs per compiled call: callbacks, the progress line and ``model.stop_training`` act at
 this granularity, and a call costs about a millisecond."""
 
 
@@ -143,6 +145,14 @@ def _compiled_epochs(
 
 def fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
     """Train the configured model; raise TrainingDiverged if the loss stops being finite."""
+    progress = EpochProgress(cfg.trainer.epochs, cfg.trainer.verbose, per_call=EPOCHS_PER_CALL)
+    try:
+        return _fit(cfg, data, [*callbacks, progress] if cfg.trainer.verbose else callbacks)
+    finally:
+        progress.close()
+
+
+def _fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback]) -> TrainResult:
     seed_everything(cfg.seed)
     train, validation = training_arrays(cfg, data)
     batch_size, epochs = cfg.trainer.batch_size, cfg.trainer.epochs
@@ -151,7 +161,6 @@ def fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback] = ())
     history = keras.callbacks.History()
     callback_list = keras.callbacks.CallbackList(
         [history, *callbacks],
-        add_progbar=cfg.trainer.verbose != 0,
         model=model,
         verbose=cfg.trainer.verbose,
         epochs=epochs,
@@ -165,6 +174,7 @@ def fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback] = ())
             callback_list.on_epoch_begin(epoch)
             logs = dict(zip(names, row.tolist(), strict=True))
             callback_list.on_epoch_end(epoch, logs)
+            raise_if_terminated()  # Keras's callbacks swallow what the SIGTERM handler raises
             epoch += 1
         if not np.isfinite(logs["loss"]):
             raise TrainingDiverged(
@@ -185,6 +195,13 @@ def evaluate(cfg: Any, model: keras.Model, data: Dataset) -> dict[str, dict[str,
         scores = model.evaluate(batches, verbose=0, return_dict=True)
         results[split] = {name: float(value) for name, value in scores.items()}
     return results
+
+
+def predict(model: keras.Model, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """The model's outputs for ``x``, called in batches. Not ``model.predict``: under op
+    determinism its ``tf.data`` pipeline makes TensorFlow log a harmless ``E0000`` line."""
+    batches = [model(x[i : i + batch_size], training=False) for i in range(0, len(x), batch_size)]
+    return np.concatenate([keras.ops.convert_to_numpy(b) for b in batches])
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:
