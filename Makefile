@@ -28,7 +28,7 @@ run: $(STAMP)
 	@echo
 	dvc metrics show
 	@echo
-	@echo "metrics: metrics.json, model/train.json   (dvc metrics show)"
+	@echo "metrics: metrics.json   (dvc metrics show)"
 	@echo "plots:   plots/          (learning_curves.png, dataset.png, decision_boundary.png)"
 	@echo "runs:    mlflow.db        (make ui, then http://127.0.0.1:5000)"
 

@@ -1,7 +1,8 @@
 """``losslab-stage STEP``: one DVC stage, reading ``params.yaml`` and writing its declared outputs.
 
-``generate`` runs without MLflow; ``train`` starts the pipeline's MLflow run and records its id
-in ``model/run.json``; ``evaluate`` and ``plot`` add to that same run.
+``generate`` runs without MLflow; ``train`` starts the pipeline's MLflow run, tagged with the
+model file's hash; ``evaluate`` and ``plot`` find that run by the hash of the model they read and
+add to it (or, if the store holds no such run, start one of their own).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ STEP_NAMES = ("generate", "train", "evaluate", "plot")
 
 def run_stage(step: str, params: Path, root: Path) -> None:
     from losslab import steps
-    from losslab.storage import read_json
+    from losslab.storage import file_md5
 
     cfg = load_params(params)
     layout = steps.Layout(root)
@@ -30,8 +31,10 @@ def run_stage(step: str, params: Path, root: Path) -> None:
         with tracking.run(cfg, "dvc"):
             steps.train(cfg, layout)
         return
-    run_id = read_json(layout.run_info).get("run_id")
-    with tracking.run(cfg, "dvc", run_id=run_id, describe=False):
+    md5 = file_md5(layout.model)
+    run_id = tracking.run_of_model(cfg, md5) if cfg.tracking.enabled else None
+    tags = {tracking.MODEL_TAG: md5}
+    with tracking.run(cfg, "dvc", run_id=run_id, describe=run_id is None, extra_tags=tags):
         steps.STEPS[step](cfg, layout)
 
 

@@ -22,6 +22,7 @@ from losslab.datasets import Dataset, make_dataset
 from losslab.losses import Task
 from losslab.storage import (
     StageInputError,
+    file_md5,
     read_history_csv,
     read_json,
     read_npz,
@@ -57,10 +58,6 @@ class Layout:
     @property
     def train(self) -> Path:
         return self.root / "model" / "train.json"
-
-    @property
-    def run_info(self) -> Path:
-        return self.root / "model" / "run.json"
 
     @property
     def metrics(self) -> Path:
@@ -116,8 +113,8 @@ def load_dataset(layout: Layout) -> tuple[Dataset, dict[str, Any]]:
 
 
 def train(cfg: DictConfig, layout: Layout) -> Any:
-    """Train, write the model, its per-epoch history, the training time and the run's id, log
-    them to the active run (if any), and return the trained model."""
+    """Train, write the model, its per-epoch history and the training time, log them to the
+    active run (if any) with the model file's hash, and return the trained model."""
     data, meta = load_dataset(layout)  # before importing TensorFlow: a bad input fails at once
     import keras
 
@@ -141,7 +138,7 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
     write_keras(result.model, layout.model)
     write_history_csv(layout.history, result.history)
     write_json(layout.train, timing)
-    write_json(layout.run_info, tracking.run_record())
+    tracking.tag_model(file_md5(layout.model))
     tracking.log_artifact(layout.history, "history")
     tracking.log_artifact(layout.data_meta, "data")
     tracking.log_model(result.model, data.x_test)

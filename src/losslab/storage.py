@@ -8,6 +8,7 @@ same bytes (and so the same DVC hash) on every machine and at every run.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -118,6 +119,15 @@ def write_keras(model: Any, target: str | os.PathLike) -> None:
                     data = json.dumps(metadata).encode()
                 info = zipfile.ZipInfo(entry.filename, _EPOCH_1980)
                 archive.writestr(info, data, compress_type=entry.compress_type)
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """The file's MD5, as DVC hashes it."""
+    path = Path(path)
+    try:
+        return hashlib.md5(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise StageInputError(f"{path}: missing; run the stage that writes it first") from None
 
 
 def read_npz(path: str | os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -42,6 +42,7 @@ _CHECKOUT = Path(__file__).resolve().parents[2]
 # the checkout of an editable install; an installed package keeps no store in site-packages
 PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "conf").is_dir() else Path.cwd()
 TRUNCATED = "...[truncated]"
+MODEL_TAG = "losslab.model_md5"
 _STATISTICS_FROM_ROWS = 2000  # metric values; below it any query plan reads a few pages
 _VERSIONED = ("tensorflow", "keras", "mlflow", "hydra-core", "dvc", "numpy", "scikit-learn")
 
@@ -404,14 +405,26 @@ def _log_metric_rows(rows: list[tuple[str, float, int, int]]) -> None:
     _log_batch(metrics=[Metric(*row) for row in rows])
 
 
-def run_record() -> dict[str, str | None]:
-    """What a DVC stage after train needs to add to the same run (nothing without a run)."""
-    run_id = active_run_id()
-    if run_id is None:
-        return {"run_id": None, "tracking_uri": None}
+def tag_model(md5: str) -> None:
+    """Tag the active run with its model file's hash, by which :func:`run_of_model` finds it."""
+    if active_run_id():
+        import mlflow
+
+        mlflow.set_tag(MODEL_TAG, md5)
+
+
+def run_of_model(cfg: DictConfig, md5: str) -> str | None:
+    """The newest run whose model file has this hash: a DVC stage after train adds to it, with
+    no run id kept in a file (a run's id changes from run to run; the model's bytes do not)."""
     import mlflow
 
-    return {"run_id": run_id, "tracking_uri": masked_uri(mlflow.get_tracking_uri())}
+    found = mlflow.MlflowClient().search_runs(
+        [prepare(cfg)],
+        filter_string=f"tags.`{MODEL_TAG}` = '{md5}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
 
 
 def log_artifact(path: Path, folder: str) -> None:
