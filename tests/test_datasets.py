@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -275,3 +277,29 @@ def test_dataset_figure_is_drawn_once_per_data_and_copied_after(tiny_cfg, tmp_pa
     assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert copied.read_bytes() == drawn.read_bytes()
     assert other.read_bytes() != drawn.read_bytes()
+
+
+WRITE_MODEL = """
+import sys, keras
+from losslab import losses
+from losslab.metrics import build_metrics
+from losslab.storage import write_keras
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+model.compile(optimizer="sgd", loss="hinge", metrics=build_metrics(losses.get("hinge")))
+write_keras(model, sys.argv[1])
+"""
+
+
+def test_write_keras_gives_the_same_bytes_in_every_process(tmp_path):
+    """What DVC hashes: the same weights, saved by two processes at two moments."""
+    from losslab.training import load_model
+
+    paths = [tmp_path / f"{name}.keras" for name in "ab"]
+    for path in paths:
+        done = subprocess.run(
+            [sys.executable, "-c", WRITE_MODEL, str(path)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert load_model(paths[0]).count_params() == 17

@@ -101,8 +101,9 @@ def write_npz(target: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
 
 
 def write_keras(model: Any, target: str | os.PathLike) -> None:
-    """``model.save`` without what changes from save to save: the zip's timestamps and the
-    ``date_saved`` in its metadata."""
+    """``model.save`` without what changes from save to save: the zip's timestamps, the
+    ``date_saved`` in its metadata, and the ``shared_object_id`` numbers in its config (Python's
+    ``id()`` of each shared object, renumbered here in order of appearance)."""
     with tempfile.TemporaryDirectory() as folder:
         saved = Path(folder) / "model.keras"
         model.save(saved)
@@ -117,8 +118,21 @@ def write_keras(model: Any, target: str | os.PathLike) -> None:
                     metadata = json.loads(data)
                     metadata.pop("date_saved", None)
                     data = json.dumps(metadata).encode()
+                elif entry.filename == "config.json":
+                    data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
                 info = zipfile.ZipInfo(entry.filename, _EPOCH_1980)
                 archive.writestr(info, data, compress_type=entry.compress_type)
+
+
+def _renumber_shared_objects(node: Any, numbers: dict[int, int]) -> Any:
+    if isinstance(node, list):
+        return [_renumber_shared_objects(item, numbers) for item in node]
+    if not isinstance(node, dict):
+        return node
+    renumbered = {key: _renumber_shared_objects(value, numbers) for key, value in node.items()}
+    if "shared_object_id" in node:
+        renumbered["shared_object_id"] = numbers.setdefault(node["shared_object_id"], len(numbers))
+    return renumbered
 
 
 def file_md5(path: str | os.PathLike) -> str:
