@@ -758,7 +758,7 @@ def test_an_error_a_sigterm_turned_into_still_ends_the_run_killed(
         cli.reported_errors("losslab"),
         tracking.run(tiny_cfg(), "cli"),
     ):
-        run_id = tracking.run_record()["run_id"]
+        run_id = tracking.active_run_id()
         swallowing_library()
     assert [type(error) for error in swallowed] == [cli.Terminated]
     assert stopped.value.code == cli.EXIT_INTERRUPTED

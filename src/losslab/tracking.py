@@ -281,13 +281,6 @@ def run_tags(cfg: DictConfig, entry_point: str, overrides: list[str]) -> dict[st
     return {key: _fit(str(value), 5000) for key, value in tags.items()}
 
 
-def _log_batch(**entities: list) -> None:
-    """One ``log_batch`` to the active run (MLflow's client splits it within its limits)."""
-    import mlflow
-
-    mlflow.MlflowClient().log_batch(active_run_id(), **entities)
-
-
 @contextmanager
 def run(
     cfg: DictConfig,
@@ -356,9 +349,8 @@ def _end(status: int, error: str | None = None) -> None:
 def _describe(cfg: DictConfig, overrides: list[str]) -> None:
     """Params and the resolved config of a new run."""
     import mlflow
-    from mlflow.entities import Param
 
-    _log_batch(params=[Param(k, v) for k, v in config_params(cfg).items()])
+    mlflow.log_params(config_params(cfg))
     mlflow.log_dict(public_config(cfg), "config/config.yaml")
     mlflow.log_text(masked_uri("\n".join(overrides)) + "\n", "config/overrides.txt")
 
@@ -390,19 +382,18 @@ class EpochMetrics:
             self.flush()
 
     def flush(self) -> None:
+        """One ``log_batch`` (MLflow's client splits it within its limits)."""
+        import mlflow
+        from mlflow.entities import Metric
+
         if self.pending:
-            _log_metric_rows(self.pending)
+            metrics = [Metric(*row) for row in self.pending]
+            mlflow.MlflowClient().log_batch(active_run_id(), metrics=metrics)
         self.pending, self.last_flush = [], time.monotonic()
 
 
 def epoch_metrics() -> EpochMetrics | None:
     return EpochMetrics() if active_run_id() else None
-
-
-def _log_metric_rows(rows: list[tuple[str, float, int, int]]) -> None:
-    from mlflow.entities import Metric
-
-    _log_batch(metrics=[Metric(*row) for row in rows])
 
 
 def tag_model(md5: str) -> None:
@@ -437,8 +428,9 @@ def log_artifact(path: Path, folder: str) -> None:
 def log_metrics(values: dict[str, float]) -> None:
     """Final values, at step 0."""
     if active_run_id():
-        stamp = int(time.time() * 1000)
-        _log_metric_rows([(k, float(v), stamp, 0) for k, v in values.items()])
+        import mlflow
+
+        mlflow.log_metrics(values, step=0)
 
 
 def final_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
