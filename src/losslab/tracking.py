@@ -86,23 +86,28 @@ def prepare(cfg: DictConfig) -> str:
     A server that does not answer is reported at once (MLflow's client would retry for
     minutes). For SQLite the store's schema migration and the experiment's creation happen
     under a file lock, so jobs starting together on a fresh store do not race each other, and
-    so does keeping the store's query statistics (:func:`_keep_statistics`).
+    so does keeping the store's query statistics (:func:`_keep_statistics`). A process that
+    runs job after job (a sweep's worker) does that once per store.
     """
     import mlflow
 
-    uri = tracking_uri(cfg)
+    uri, experiment = tracking_uri(cfg), cfg.tracking.experiment
     check_store(uri)
     mlflow.set_tracking_uri(client_uri(uri))
-    if uri.startswith("sqlite:///"):
+    if not uri.startswith("sqlite:///"):
+        return _experiment_id(experiment, None)
+    db_path = Path(uri.removeprefix("sqlite:///"))
+    if (uri, experiment) not in _PREPARED or not db_path.exists():
         from filelock import FileLock
 
-        db_path = Path(uri.removeprefix("sqlite:///"))
         with FileLock(f"{db_path}.lock"):
             artifacts = (db_path.parent / "mlartifacts").as_uri()
-            experiment_id = _experiment_id(cfg.tracking.experiment, artifacts)
+            _PREPARED[uri, experiment] = _experiment_id(experiment, artifacts)
             _keep_statistics(db_path)
-            return experiment_id
-    return _experiment_id(cfg.tracking.experiment, None)
+    return _PREPARED[uri, experiment]
+
+
+_PREPARED: dict[tuple[str, str], str] = {}  # (SQLite store, experiment) -> its id
 
 
 def _keep_statistics(db_path: Path) -> None:
