@@ -22,9 +22,11 @@ $(RAY_STAMP): $(STAMP) requirements-ray.lock
 	$(PIP) check
 	touch $@
 
-## run: install, then run the default experiment through the DVC pipeline
+## run: install, then run the default experiment through the DVC pipeline; the stages after a
+## stage that ran run too, even where their inputs are unchanged (a fresh clone's train gives the
+## committed model again), so that the run's MLflow record holds the evaluation and the plots
 run: $(STAMP)
-	dvc repro
+	dvc repro --force-downstream
 	@echo
 	dvc metrics show
 	@echo
@@ -38,24 +40,29 @@ TEST_WORKERS ?= 2
 # spawn (macOS's and Windows's default) in every Python process, through tests/spawn/sitecustomize.py
 SPAWN := LOSSLAB_START_METHOD=spawn PYTHONPATH="$(CURDIR)/tests/spawn$${PYTHONPATH:+:$$PYTHONPATH}"
 
-## test: the fast test set, on TEST_WORKERS processes (6 to 9 minutes on 2 cores), then
-## the fast tests marked `spawn` once more under the spawn start method
-test: $(RAY_STAMP) postgresql
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20
-	$(SPAWN) $(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 -m "spawn and not slow"
+# loadgroup: the tests of one xdist_group (those sharing a module's fixture) run on one worker,
+# so that the fixture is made once
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
-## test-all: every test, the slow end-to-end ones included (about 12 minutes on 2 cores)
+## test: every test but the few long ones marked `slow`, on TEST_WORKERS processes (under 8
+## minutes on 2 cores), then the tests marked `spawn` once more under the spawn start method
+test: $(RAY_STAMP) postgresql
+	$(PYTEST)
+	$(SPAWN) $(PYTEST) -m "spawn and not slow"
+
+## test-all: every test, the slow ones included
 test-all: $(RAY_STAMP) postgresql
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 -m "slow or not slow"
-	$(SPAWN) $(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 -m spawn
+	$(PYTEST) -m "slow or not slow"
+	$(SPAWN) $(PYTEST) -m spawn
 
 ## postgresql: PostgreSQL's server from Debian's packages, for the tests of MLflow on it; as
-## root with apt only, and only when it is missing (else those tests skip, saying why)
+## root with apt only, and only when it is missing (else those tests skip, saying why; with CI
+## set in the environment, as .ci/run sets it, they fail instead)
 postgresql:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
-	else echo "PostgreSQL's server is not installed: its tests will skip"; fi
+	else echo "PostgreSQL's server is not installed: its tests will skip (fail where CI is set)"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests

@@ -1,20 +1,29 @@
-"""Shared fixtures and helpers: Hydra-composed configs shrunk for tests, a private MLflow store,
-a clone of the repo, a real MLflow server on loopback."""
+"""Shared fixtures and helpers: Hydra-composed configs shrunk for tests, a private MLflow store
+(a copy of one migrated once), a clone of the repo and one reproduced once for the session, a
+real MLflow server on loopback."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
+import selectors
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import ViewType
@@ -33,6 +42,33 @@ PRESETS = sorted(
 )
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make ``--dist loadgroup`` group the tests marked ``xdist_group``, as make test asks.
+
+    pytest-xdist 3.8 tells its scheduler a test's group by appending ``@group`` to the test's
+    ``_nodeid``, which pytest 9.2's structured node ids no longer read: the groups were silently
+    ignored, and a module fixture shared by a group's tests was made once per worker
+    (pytest-dev/pytest-xdist#1386). Here the suffix goes into the node id itself; a node id
+    still without it stops the run rather than let the groups go unnoticed again."""
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers only
+        return
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        groups = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks}
+        )
+        if not groups:
+            continue
+        suffix = "@" + "_".join(groups)
+        if not item.nodeid.endswith(suffix):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(item.nodeid + suffix)
+        if not item.nodeid.endswith(suffix):
+            raise pytest.UsageError(f"cannot put {item.nodeid} in its xdist_group {suffix[1:]}")
+
+
 @pytest.fixture(scope="session")
 def compose_raw() -> Iterator[Callable[..., DictConfig]]:
     """Compose ``conf/`` with Hydra, as the app does, for the given overrides."""
@@ -42,10 +78,59 @@ def compose_raw() -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
+def copy_store(source: Path, target: Path) -> None:
+    """A consistent copy of the SQLite store ``source`` (SQLite's own backup)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+@contextmanager
+def made_once(tmp_path_factory, worker_id: str, name: str) -> Iterator[tuple[Path, Path]]:
+    """A folder ``name`` shared by the session's xdist workers, and the file that says it is
+    made, under a file lock: the first worker to get there makes it (when that file is absent),
+    the others wait for it and use what it made."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base if worker_id == "master" else base.parent) / name  # parent: the session's
+    with FileLock(f"{folder}.lock", timeout=900):
+        folder.mkdir(exist_ok=True)
+        yield folder, folder / "made.json"
+
+
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory, worker_id) -> Path:
+    """An empty store with MLflow's schema, made once for the session: migrating a new SQLite
+    store costs seconds, which only the tests of a fresh store need to pay. Made in its own
+    folder, so that MLflow's Default experiment keeps its artifacts there too."""
+    with made_once(tmp_path_factory, worker_id, "migrated_store") as (folder, made):
+        if not made.exists():
+            with contextlib.chdir(folder):
+                MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+            made.write_text("{}")
+    return folder / "mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def empty_store(migrated_store: Path) -> Callable[[Path], str]:
+    """``empty_store(folder)``: a copy of the migrated store at ``folder/mlruns/mlflow.db``, as
+    a URI; for tests that do not test how a store comes to be."""
+
+    def make(folder: Path) -> str:
+        target = folder / "mlruns" / "mlflow.db"
+        copy_store(migrated_store, target)
+        return f"sqlite:///{target}"
+
+    return make
+
+
 @pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh SQLite store in the test's temp dir, also exported for subprocesses."""
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+def tracking_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Callable[[Path], str]
+) -> str:
+    """A store of the test's own in its temp dir, begun as a copy of the migrated store (no
+    experiment of losslab's yet: the run under test still makes it), also exported for
+    subprocesses."""
+    uri = empty_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return uri
@@ -74,20 +159,29 @@ def tiny_cfg(compose_raw, tracking_uri) -> Callable[..., DictConfig]:
 
 
 def all_runs(uri: str) -> list:
-    """Every run in the store, deleted ones too; a store never created holds none (and stays
-    absent), and so does a server that does not answer."""
+    """Every run in the store, deleted ones too. A SQLite store never created holds none (and
+    stays absent); a server that does not answer fails the test: it cannot tell."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return []
     if uri.startswith("http"):
         try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-        except OSError:
-            return []
+            urllib.request.urlopen(f"{uri}/health", timeout=5).close()
+        except OSError as error:
+            pytest.fail(f"no MLflow server answers at {uri} ({error}): its runs cannot be read")
     client = MlflowClient(tracking_uri=uri)
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     if not experiments:
         return []
     return client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000)
+
+
+def file_md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def runs_of_model(uri: str, md5: str) -> list:
+    """The runs tagged with this model file's hash, as the DVC stages after train find theirs."""
+    return [r for r in all_runs(uri) if r.data.tags.get("losslab.model_md5") == md5]
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +221,75 @@ def clone_repo(target: Path) -> Path:
     return target
 
 
+BIN = Path(sys.executable).parent
+
+
+def own_code(clone: Path) -> dict[str, str]:
+    """The environment that makes a clone run its own code (its ``src`` before the editable
+    install of the repo under test), as it would in a venv of its own."""
+    return {"PYTHONPATH": str(clone / "src")}
+
+
+@dataclass
+class Reproduced:
+    """A clone of HEAD after ``losslab-doctor`` and then the pipeline with the committed params
+    as ``make run`` runs it (``dvc repro --force-downstream``), against a store of its own.
+    Shared by the session's workers: nothing may change it; a test that runs DVC, git or
+    losslab in it works on a copy (:meth:`copy`)."""
+
+    clone: Path
+    store: Path
+    imported_from: str  # where the clone's processes import losslab from
+    doctor: subprocess.CompletedProcess  # losslab-doctor, before anything ran
+    repro: subprocess.CompletedProcess  # the first dvc repro --force-downstream
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.store}"
+
+    def copy(self, target: Path) -> tuple[Path, str]:
+        """A copy of the clone (and of its store, as a URI) in ``target``, for one test to use.
+        The copied store's experiment still keeps its artifacts beside the shared store, each
+        run's in a folder of its own."""
+        clone = Path(shutil.copytree(self.clone, target / "clone", symlinks=True))
+        store = target / "mlruns" / "mlflow.db"
+        copy_store(self.store, store)
+        return clone, f"sqlite:///{store}"
+
+
+def _completed(done: dict) -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess(
+        done["args"], done["returncode"], done["stdout"], done["stderr"]
+    )
+
+
+@pytest.fixture(scope="session")
+def reproduced_clone(tmp_path_factory, worker_id, migrated_store: Path) -> Reproduced:
+    """Made once for all of the session's workers (the first to need it makes it)."""
+    with made_once(tmp_path_factory, worker_id, "reproduced_clone") as (root, made):
+        clone, store = root / "clone", root / "mlruns" / "mlflow.db"
+        if not made.exists():
+            shutil.rmtree(clone, ignore_errors=True)  # a worker that failed halfway
+            clone_repo(clone)
+            copy_store(migrated_store, store)
+            uri, env = f"sqlite:///{store}", own_code(clone)
+            where = [sys.executable, "-c", "import losslab; print(losslab.__file__)"]
+            outcome = {
+                "where": run_command(where, root, uri, **env).stdout.strip(),
+                "doctor": run_command([str(BIN / "losslab-doctor")], clone, uri, **env),
+                "repro": run_command(
+                    [str(BIN / "dvc"), "repro", "--force-downstream"], clone, uri, **env
+                ),
+            }
+            made.write_text(
+                json.dumps({k: v if isinstance(v, str) else vars(v) for k, v in outcome.items()})
+            )
+        outcome = json.loads(made.read_text())
+    return Reproduced(
+        clone, store, outcome["where"], _completed(outcome["doctor"]), _completed(outcome["repro"])
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -146,6 +309,15 @@ def mlflow_server(root: Path) -> Iterator[str]:
         yield url
 
 
+def answers(url: str) -> bool:
+    """Whether the server at ``url`` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 @contextmanager
 def serving(command: list[str], url: str, root: Path, env: dict | None = None) -> Iterator[str]:
     """Run ``command`` (a server, started in ``root``) until it answers ``url``/health; yield the
@@ -160,17 +332,7 @@ def serving(command: list[str], url: str, root: Path, env: dict | None = None) -
         start_new_session=True,  # its workers share its process group, ended together below
     )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 90 s"
-            time.sleep(0.5)
+        wait_for(lambda: answers(url), 90, f"{url}/health", server, root / "server.log")
         yield url
     finally:
         if server.poll() is None:
@@ -191,15 +353,37 @@ def set_params(path: Path, **changes: object) -> None:
     OmegaConf.save(params, path)
 
 
-def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    """Poll ``condition`` until it returns something true; fail if ``proc`` exits first."""
+def wait_for(
+    condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path = None
+):
+    """Poll ``condition`` until it returns something true; fail if ``proc`` exits first (with
+    its stderr, or the end of ``log`` when its output goes there)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             _, stderr = proc.communicate()
-            pytest.fail(f"process exited with {proc.returncode} waiting for {what}:\n{stderr}")
+            told = log.read_text()[-3000:] if log is not None else stderr
+            pytest.fail(f"process exited with {proc.returncode} waiting for {what}:\n{told}")
         value = condition()
         if value:
             return value
         time.sleep(0.25)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
+    """Read ``proc``'s stdout (a text pipe) until a line starts with ``prefix``; fail if it ends
+    first. What was read before is gone: the caller reads on from there."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not selector.select(timeout=left):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                _, stderr = proc.communicate()
+                pytest.fail(f"exited with {proc.returncode} before {prefix!r}:\n{stderr[-3000:]}")
+            if line.startswith(prefix):
+                return line
+    pytest.fail(f"no line starting with {prefix!r} in {timeout:.0f} s")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import all_runs, clone_repo, run_env
+from conftest import all_runs, clone_repo, mlflow_server, run_env
 from omegaconf import OmegaConf
 
 BIN = Path(sys.executable).parent
@@ -45,7 +44,7 @@ class Outcome:
     done: subprocess.CompletedProcess
     seconds: float
     out: Path  # the Hydra run dir, or the folder the stage ran in
-    uri: str
+    uri: str  # the store whose runs are checked: the one the command was given, or behind it
 
     @property
     def text(self) -> str:
@@ -53,20 +52,30 @@ class Outcome:
         return f"exit {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
 
 
-def run(cmd: list[str], cwd: Path, uri: str, out: Path, timeout: float = 300, **env) -> Outcome:
+def run(
+    cmd: list[str],
+    cwd: Path,
+    uri: str,
+    out: Path,
+    timeout: float = 300,
+    store: str | None = None,
+    **env,
+) -> Outcome:
+    """``cmd`` against the store ``uri``; ``store``: where its runs are read (by default ``uri``
+    itself; for a server that does not answer, the store the server kept)."""
     environment = {**run_env(uri), **env}
     started = time.monotonic()
     done = subprocess.run(
         cmd, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
     )
-    return Outcome(done, time.monotonic() - started, out, uri)
+    return Outcome(done, time.monotonic() - started, out, store or uri)
 
 
-def losslab(tmp_path: Path, uri: str, *overrides: str, **env) -> Outcome:
+def losslab(tmp_path: Path, uri: str, *overrides: str, store: str | None = None, **env) -> Outcome:
     """``losslab <tiny settings> <overrides>`` with its Hydra run dir in ``tmp_path/out``."""
     out = tmp_path / "out"
     cmd = [LOSSLAB, *TINY, *overrides, f"hydra.run.dir={out}"]
-    return run(cmd, tmp_path, uri, out, **env)
+    return run(cmd, tmp_path, uri, out, store=store, **env)
 
 
 def stage(folder: Path, uri: str, step: str) -> Outcome:
@@ -108,11 +117,32 @@ def assert_user_error(outcome: Outcome, *parts: str, program: str = "losslab") -
     return line
 
 
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@dataclass
+class GoneServer:
+    """A real MLflow server on loopback that answered, then was stopped: its port is closed,
+    and its store (``store``, read directly) is where a run through ``port`` would have gone."""
+
+    port: int
+    store: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def gone_server(tmp_path_factory: pytest.TempPathFactory) -> GoneServer:
+    root = tmp_path_factory.mktemp("gone_server")
+    with mlflow_server(root) as url:
+        port = int(url.rsplit(":", 1)[1])
+    store = f"sqlite:///{root / 'srv.db'}"
+    assert Path(store.removeprefix("sqlite:///")).is_file()  # the server made it
+    return GoneServer(port, store)
+
+
+def assert_server_store_untouched(gone: GoneServer) -> None:
+    """Nothing reached the stopped server's store: no run at all, RUNNING or not."""
+    assert all_runs(gone.store) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,9 +271,10 @@ def test_combination_that_cannot_work(tmp_path, tracking_uri, overrides, parts):
 # --------------------------------------------------------------------------------------------
 
 
-def test_unreachable_tracking_server_fails_fast(tmp_path):
-    uri = f"http://127.0.0.1:{closed_port()}"
-    outcome = losslab(tmp_path, uri)
+@pytest.mark.xdist_group("gone_server")  # one server for the module's tests
+def test_unreachable_tracking_server_fails_fast(tmp_path, gone_server):
+    uri = gone_server.url
+    outcome = losslab(tmp_path, uri, store=gone_server.store)
     assert outcome.seconds < 15, f"took {outcome.seconds:.1f} s\n{outcome.text}"
     assert_clean_refusal(outcome, 2)
     (line,) = error_lines(outcome, "losslab")
@@ -252,10 +283,11 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
     assert "MLFLOW_TRACKING_URI" in line  # what to do about it
     assert not (outcome.out / "model").exists()
     assert not (outcome.out / "metrics.json").exists()
+    assert_server_store_untouched(gone_server)
 
 
-def test_sweep_on_an_unreachable_tracking_server_is_one_line(tmp_path):
-    uri = f"http://127.0.0.1:{closed_port()}"
+@pytest.mark.xdist_group("gone_server")
+def test_sweep_on_an_unreachable_tracking_server_is_one_line(tmp_path, gone_server):
     sweep_dir = tmp_path / "sweep"
     cmd = [
         LOSSLAB,
@@ -265,12 +297,13 @@ def test_sweep_on_an_unreachable_tracking_server_is_one_line(tmp_path):
         "hydra/launcher=joblib",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    outcome = run(cmd, tmp_path, uri, sweep_dir)
+    outcome = run(cmd, tmp_path, gone_server.url, sweep_dir, store=gone_server.store)
     assert_clean_refusal(outcome, 2)
     (line,) = error_lines(outcome, "losslab")
     assert line.startswith("losslab: error: tracking.uri:") and "does not answer" in line, line
     assert "Warning" not in outcome.done.stderr, outcome.text
     assert not list(sweep_dir.glob("*/metrics.json"))  # no job ran
+    assert_server_store_untouched(gone_server)
 
 
 def test_sqlite_store_in_a_folder_that_cannot_exist_is_one_line(tmp_path):
@@ -294,19 +327,24 @@ def test_sqlite_store_in_a_folder_that_cannot_exist_is_one_line(tmp_path):
     assert not list(sweep_dir.glob("*/metrics.json"))  # no job ran
 
 
-def test_unreachable_tracking_server_writes_no_data(tmp_path):
-    outcome = losslab(tmp_path, f"http://127.0.0.1:{closed_port()}")
+@pytest.mark.xdist_group("gone_server")
+def test_unreachable_tracking_server_writes_no_data(tmp_path, gone_server):
+    outcome = losslab(tmp_path, gone_server.url, store=gone_server.store)
     assert outcome.done.returncode == 2, outcome.text
     assert_only_hydra_files(outcome.out)
+    assert_server_store_untouched(gone_server)
 
 
-def test_unreachable_tracking_server_password_is_masked(tmp_path):
-    port = closed_port()
-    outcome = losslab(tmp_path, f"http://alice:{SECRET}@127.0.0.1:{port}")
+@pytest.mark.xdist_group("gone_server")
+def test_unreachable_tracking_server_password_is_masked(tmp_path, gone_server):
+    port = gone_server.port
+    uri = f"http://alice:{SECRET}@127.0.0.1:{port}"
+    outcome = losslab(tmp_path, uri, store=gone_server.store)
     assert_clean_refusal(outcome, 2)
     assert SECRET not in outcome.done.stderr + outcome.done.stdout
     (line,) = error_lines(outcome, "losslab")
     assert f"http://alice:***@127.0.0.1:{port}" in line, line
+    assert_server_store_untouched(gone_server)
 
 
 def test_non_finite_loss(tmp_path, tracking_uri):
@@ -467,7 +505,6 @@ def test_train_without_dataset_npz(generated, tracking_uri):
     assert_train_refused(outcome, "data/dataset.npz", "missing", "generate")
 
 
-@pytest.mark.slow
 def test_train_with_truncated_dataset_npz(generated, tracking_uri):
     npz = generated / "data" / "dataset.npz"
     npz.write_bytes(npz.read_bytes()[:1000])
@@ -482,7 +519,6 @@ def test_train_with_invalid_dataset_json(generated, tracking_uri):
     assert_train_refused(outcome, "data/dataset.json", "not valid JSON", "rerun")
 
 
-@pytest.mark.slow
 def test_train_with_edited_dataset_npz(generated, tracking_uri):
     """A well-formed archive whose arrays are not the ones the metadata's hash describes."""
     from losslab.storage import write_npz
@@ -496,20 +532,16 @@ def test_train_with_edited_dataset_npz(generated, tracking_uri):
     assert_train_refused(outcome, "data/dataset.npz", "does not match the hash", "generate")
 
 
-def test_evaluate_without_run_json(generated, tracking_uri):
-    outcome = stage(generated, tracking_uri, "evaluate")
+@pytest.mark.parametrize("step", ["evaluate", "plot"])
+def test_stage_after_train_without_a_model(generated, tracking_uri, step):
+    """evaluate and plot find the train stage's run by their model file's hash: without the file
+    there is nothing to hash, and they say which file is missing before any run starts."""
+    outcome = stage(generated, tracking_uri, step)
+    assert outcome.done.returncode != 0, outcome.text
     assert_user_error(
-        outcome, "model/run.json", "missing", "run the stage", program="losslab-stage evaluate"
+        outcome, "model/model.keras", "missing", "run the stage", program=f"losslab-stage {step}"
     )
     assert not (generated / "metrics.json").exists()
-    assert all_runs(tracking_uri) == []
-
-
-def test_evaluate_with_run_json_that_is_not_json(generated, tracking_uri):
-    (generated / "model").mkdir()
-    (generated / "model" / "run.json").write_text('{"run_id": ')
-    outcome = stage(generated, tracking_uri, "evaluate")
-    assert_user_error(outcome, "model/run.json", "not valid JSON", program="losslab-stage evaluate")
-    assert not (generated / "metrics.json").exists()
+    assert not (generated / "plots").exists()
     assert all_runs(tracking_uri) == []
     assert json.loads((generated / "data" / "dataset.json").read_text())  # inputs left alone

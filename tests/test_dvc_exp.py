@@ -1,4 +1,5 @@
-"""``dvc exp run -S ...`` in a clone: DVC composes params.yaml from conf/ with Hydra, then runs."""
+"""``dvc exp run -S ...`` in a clone: DVC composes params.yaml from conf/ with Hydra, then runs;
+the same overrides run again give the same metrics and the same outputs, byte for byte."""
 
 from __future__ import annotations
 
@@ -6,105 +7,120 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import clone_repo, run_env
-from mlflow.entities import ViewType
-from mlflow.tracking import MlflowClient
+from conftest import Reproduced, all_runs, own_code, run_env
 from omegaconf import OmegaConf
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.xdist_group("dvc_exp")  # one worker makes the experiments, once
 
 DVC = str(Path(sys.executable).parent / "dvc")
+# a preset with a loss override on top of it (the override wins), and few epochs
+OVERRIDES = ("experiment=blobs_kld", "loss=cce", "trainer.epochs=2", "trainer.verbose=0")
 
 
 @dataclass
-class Workspace:
+class Experiments:
+    """Two experiments with the same overrides in a copy of the reproduced clone: the second
+    forced (-f), so that its stages run again rather than being restored from DVC's run cache."""
+
     clone: Path
     uri: str
-
-    def dvc(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [DVC, *args],
-            cwd=self.clone,
-            env=run_env(self.uri),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+    first: subprocess.CompletedProcess
+    again: subprocess.CompletedProcess
+    params_after_first: dict  # params.yaml as the first experiment composed it
+    shown: subprocess.CompletedProcess  # dvc exp show --json, after both
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    root = tmp_path_factory.mktemp("dvc_exp")
-    clone = clone_repo(root / "clone")
-    for key, value in (("user.name", "losslab tests"), ("user.email", "tests@losslab.invalid")):
-        subprocess.run(["git", "config", key, value], cwd=clone, check=True)
-    return Workspace(clone, f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-
-
-def exp_run(workspace: Workspace, *overrides: str) -> str:
-    """Run one experiment with ``-S`` overrides; return its name."""
-    args = [arg for override in overrides for arg in ("-S", override)]
-    done = workspace.dvc("exp", "run", *args)
+def exp_name(done: subprocess.CompletedProcess) -> str:
     text = done.stdout + done.stderr
-    assert done.returncode == 0, text
+    assert done.returncode == 0, text[-4000:]
     found = re.search(r"Ran experiment\(s\): (\S+)", text)
-    assert found, text
+    assert found, text[-4000:]
     return found.group(1)
 
 
-def experiments(workspace: Workspace) -> Iterator[dict]:
-    """Every experiment revision ``dvc exp show --json`` lists, with its name and data."""
-    done = workspace.dvc("exp", "show", "--json")
-    assert done.returncode == 0, done.stdout + done.stderr
-    for baseline in json.loads(done.stdout):
-        for group in baseline.get("experiments") or []:
-            yield from group["revs"]
+@pytest.fixture(scope="module")
+def experiments(
+    reproduced_clone: Reproduced, tmp_path_factory: pytest.TempPathFactory
+) -> Experiments:
+    clone, uri = reproduced_clone.copy(tmp_path_factory.mktemp("dvc_exp"))
+    for key, value in (("user.name", "losslab tests"), ("user.email", "tests@losslab.invalid")):
+        subprocess.run(["git", "config", key, value], cwd=clone, check=True)
+
+    def dvc(*args: str) -> subprocess.CompletedProcess:
+        env = {**run_env(uri), **own_code(clone)}
+        return subprocess.run(
+            [DVC, *args], cwd=clone, env=env, capture_output=True, text=True, timeout=900
+        )
+
+    settings = [arg for override in OVERRIDES for arg in ("-S", override)]
+    first = dvc("exp", "run", *settings)
+    params = OmegaConf.to_container(OmegaConf.load(clone / "params.yaml"))
+    again = dvc("exp", "run", "-f", *settings)
+    return Experiments(clone, uri, first, again, params, dvc("exp", "show", "--json"))
 
 
-def shown(workspace: Workspace, name: str) -> tuple[dict, dict]:
-    """The params and metrics ``dvc exp show`` records for experiment ``name``."""
-    matches = [rev for rev in experiments(workspace) if rev["name"] == name]
-    assert len(matches) == 1, [rev["name"] for rev in experiments(workspace)]
-    data = matches[0]["data"]
-    return data["params"]["params.yaml"]["data"], data["metrics"]["metrics.json"]["data"]
+def shown(experiments: Experiments, name: str) -> dict:
+    """What ``dvc exp show`` records for experiment ``name``: params, metrics, deps, outs."""
+    assert experiments.shown.returncode == 0, experiments.shown.stderr[-3000:]
+    revs = [
+        rev
+        for baseline in json.loads(experiments.shown.stdout)
+        for group in baseline.get("experiments") or []
+        for rev in group["revs"]
+    ]
+    matches = [rev for rev in revs if rev["name"] == name]
+    assert len(matches) == 1, [rev["name"] for rev in revs]
+    return matches[0]["data"]
 
 
-def test_exp_run_composes_a_loss_override(workspace: Workspace, compose_raw) -> None:
-    overrides = ("loss=squared_hinge", "trainer.epochs=2", "trainer.verbose=0")
-    name = exp_run(workspace, *overrides)
-
-    written = OmegaConf.to_container(OmegaConf.load(workspace.clone / "params.yaml"))
-    assert written == OmegaConf.to_container(compose_raw(*overrides))
-
-    params, metrics = shown(workspace, name)
-    assert params["loss"]["name"] == "squared_hinge"
-    assert params["trainer"]["epochs"] == 2
-    assert params["dataset"]["name"] == "circles_noisy"
-    applied = json.loads((workspace.clone / "metrics.json").read_text())
-    assert metrics == applied
-    for split in ("train", "test"):
-        assert set(metrics[split]) == {"loss", "accuracy"}
-
-    client = MlflowClient(tracking_uri=workspace.uri)
-    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    runs = client.search_runs(ids, run_view_type=ViewType.ALL)
-    losses = [r.data.tags["losslab.loss"] for r in runs if r.info.status == "FINISHED"]
-    assert "squared_hinge" in losses
-    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
-
-
-def test_exp_run_composes_a_preset(workspace: Workspace) -> None:
-    name = exp_run(workspace, "experiment=blobs_kld", "trainer.epochs=2", "trainer.verbose=0")
-    params, metrics = shown(workspace, name)
+def test_exp_run_composes_a_preset_and_a_loss_override(experiments: Experiments, compose_raw):
+    name = exp_name(experiments.first)
+    assert experiments.params_after_first == OmegaConf.to_container(compose_raw(*OVERRIDES))
+    data = shown(experiments, name)
+    params = data["params"]["params.yaml"]["data"]
     assert params["preset"] == "blobs_kld"
     assert params["dataset"]["name"] == "blobs"
-    assert params["loss"]["name"] == "kld"
+    assert params["loss"]["name"] == "cce"  # the override, not the preset's kld
     assert params["trainer"]["epochs"] == 2
-    assert set(metrics) == {"train", "test"}
-    workspace_params = OmegaConf.load(workspace.clone / "params.yaml")
-    assert workspace_params.dataset.name == "blobs"
+    metrics = data["metrics"]["metrics.json"]["data"]
+    for split in ("train", "test"):
+        assert set(metrics[split]) == {"loss", "accuracy"}
+    for stage in ("generate", "train", "evaluate", "plot"):  # a new dataset: every stage
+        assert f"Running stage '{stage}'" in experiments.first.stdout
+
+
+def test_exp_run_with_the_same_params_gives_the_same_metrics_and_outputs(
+    experiments: Experiments,
+) -> None:
+    first, again = exp_name(experiments.first), exp_name(experiments.again)
+    assert first != again
+    for stage in ("generate", "train", "evaluate", "plot"):  # run again, not restored
+        assert f"Running stage '{stage}'" in experiments.again.stdout
+    before, after = shown(experiments, first), shown(experiments, again)
+    assert after["params"] == before["params"]
+    assert after["metrics"] == before["metrics"]
+    outs = {path: out["hash"] for path, out in before["outs"].items()}
+    assert set(outs) == {"data/dataset.npz", "data/dataset.json", "model/model.keras", "plots"}
+    assert {path: out["hash"] for path, out in after["outs"].items()} == outs
+    applied = json.loads((experiments.clone / "metrics.json").read_text())
+    assert after["metrics"]["metrics.json"]["data"] == applied
+
+
+def test_exp_runs_log_one_mlflow_run_each(experiments: Experiments) -> None:
+    """Each experiment is a dvc repro: one run, found by its model's hash. The same model twice
+    gives two runs with the same hash; the stages after train add to the newest."""
+    for done in (experiments.first, experiments.again):
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    runs = all_runs(experiments.uri)
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    ours = [r for r in runs if r.data.tags.get("losslab.loss") == "cce"]
+    assert len(ours) == 2, [(r.data.tags.get("losslab.loss"), r.info.status) for r in runs]
+    assert {r.info.status for r in ours} == {"FINISHED"}
+    assert len({r.data.tags["losslab.model_md5"] for r in ours}) == 1
+    applied = json.loads((experiments.clone / "metrics.json").read_text())
+    for run in ours:
+        assert run.data.metrics["test_accuracy"] == pytest.approx(applied["test"]["accuracy"])

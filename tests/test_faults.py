@@ -9,7 +9,6 @@ every subprocess gets a private SQLite store through ``$MLFLOW_TRACKING_URI``. T
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -28,12 +27,16 @@ import pytest
 import yaml
 from conftest import (
     REPO_ROOT,
+    Reproduced,
     all_runs,
-    clone_repo,
+    file_md5,
+    own_code,
     run_command,
     run_env,
+    runs_of_model,
     set_params,
     wait_for,
+    wait_for_line,
 )
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.tracking import MlflowClient
@@ -47,15 +50,9 @@ LOSSLAB_DOCTOR = str(BIN / "losslab-doctor")
 LOSSLAB_RERUN = str(BIN / "losslab-rerun")
 MLFLOW = str(BIN / "mlflow")
 TINY = ("trainer.epochs=2", "dataset.n_samples=200", "dataset.n_test=100", "trainer.verbose=0")
-TINY_PARAMS = {
-    "trainer.epochs": 2,
-    "trainer.verbose": 0,
-    "dataset.n_samples": 200,
-    "dataset.n_test": 100,
-}
 # what the train stage writes, and what evaluate writes from it
-KEPT = ("model/model.keras", "model/history.csv", "model/run.json", "metrics.json")
-LEFTOVER = re.compile(r"^\.(model\.keras|history\.csv|run\.json|metrics\.json)\.")
+KEPT = ("model/model.keras", "model/history.csv", "model/train.json", "metrics.json")
+LEFTOVER = re.compile(r"^\.(model\.keras|history\.csv|train\.json|metrics\.json)\.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,10 +81,6 @@ def make_experiment(uri: str) -> str:
     return client.create_experiment("losslab", artifact_location=artifacts)
 
 
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def start(cmd: list[str], cwd: Path, uri: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         cmd,
@@ -99,21 +92,10 @@ def start(cmd: list[str], cwd: Path, uri: str, **env: str) -> subprocess.Popen:
     )
 
 
-def training_run(client: MlflowClient, proc: subprocess.Popen, before: set[str]) -> str:
-    """Wait until ``proc`` has a RUNNING run that has logged epochs; return its id."""
-
-    def new_running() -> str | None:
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        if not experiments:
-            return None
-        found = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'")
-        fresh = [r.info.run_id for r in found if r.info.run_id not in before]
-        return fresh[0] if fresh else None
-
-    run_id = wait_for(new_running, 120, "a new RUNNING run", proc)
-    # per-epoch metrics are flushed every 10 s: once some are in, training is under way
-    wait_for(lambda: client.get_metric_history(run_id, "loss"), 60, "logged epochs", proc)
-    return run_id
+def run_of_process(uri: str, proc: subprocess.Popen):
+    """The run that ``proc`` holds (its ``losslab.pid`` tag)."""
+    (found,) = [r for r in all_runs(uri) if r.data.tags.get("losslab.pid") == str(proc.pid)]
+    return found
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -129,67 +111,113 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @dataclass
-class Repro:
+class Interruption:
+    """One ``losslab-stage train`` stopped by a signal once its first epoch was done."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    run: object  # its MLflow run, as the signal left it
+    changed: list[str]  # the outputs of the earlier repro whose bytes changed
+    leftovers: list[str]  # temporary files left beside them
+
+
+@dataclass
+class Interrupted:
+    """A copy of the reproduced clone: the train stage stopped by SIGINT, then by SIGTERM,
+    with a new learning rate and endless epochs; then dvc repro with the epochs put back."""
+
     clone: Path
     uri: str
+    learning_rate: float
+    before: set[str]  # the runs in the store before
+    by_signal: dict[str, Interruption]
+    recovery: subprocess.CompletedProcess
+    status: subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def repro_clone(tmp_path_factory: pytest.TempPathFactory) -> Repro:
-    root = tmp_path_factory.mktemp("signals")
-    clone = clone_repo(root / "clone")
-    set_params(clone / "params.yaml", **TINY_PARAMS)
-    uri = store(root)
-    done = run_command([DVC, "repro"], clone, uri)
-    assert done.returncode == 0, output(done)
-    return Repro(clone, uri)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_training_keeps_outputs_and_repro_recovers(repro_clone, signum):
-    clone, uri = repro_clone.clone, repro_clone.uri
-    client = MlflowClient(tracking_uri=uri)
+def interrupted(reproduced_clone: Reproduced, tmp_path_factory) -> Interrupted:
+    clone, uri = reproduced_clone.copy(tmp_path_factory.mktemp("signals"))
+    env = own_code(clone)
     kept = {relative: (clone / relative).read_bytes() for relative in KEPT}
     before = {r.info.run_id for r in all_runs(uri)}
     params = clone / "params.yaml"
-    learning_rate = OmegaConf.load(params).optimizer.learning_rate * 1.5
-    set_params(params, **{"optimizer.learning_rate": learning_rate, "trainer.epochs": 100000})
+    committed = OmegaConf.load(params)
+    learning_rate = committed.optimizer.learning_rate * 1.5
+    set_params(
+        params,
+        **{
+            "optimizer.learning_rate": learning_rate,
+            "trainer.epochs": 100000,
+            "trainer.verbose": 2,  # a line per epoch: the signal comes once the first is done
+        },
+    )
+    by_signal = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # the stage itself, not dvc, so the signal reaches the losslab process
+        proc = start([LOSSLAB_STAGE, "train"], clone, uri, **env)
+        try:
+            wait_for_line(proc, "Epoch ", timeout=180)
+            proc.send_signal(signum)
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            stop(proc)
+        leftovers = [p.name for folder in (clone, clone / "model") for p in folder.iterdir()]
+        by_signal[signum.name] = Interruption(
+            proc.returncode,
+            stdout,
+            stderr,
+            run_of_process(uri, proc),
+            [
+                relative
+                for relative, content in kept.items()
+                if (clone / relative).read_bytes() != content
+            ],
+            [name for name in leftovers if LEFTOVER.match(name)],
+        )
+    set_params(
+        params,
+        **{
+            "trainer.epochs": committed.trainer.epochs,
+            "trainer.verbose": committed.trainer.verbose,
+        },
+    )
+    recovery = run_command([DVC, "repro"], clone, uri, **env)
+    status = run_command([DVC, "status"], clone, uri, **env)
+    return Interrupted(clone, uri, learning_rate, before, by_signal, recovery, status)
 
-    # the stage itself, not dvc, so the signal reaches the losslab process
-    proc = start([LOSSLAB_STAGE, "train"], clone, uri)
-    try:
-        run_id = training_run(client, proc, before)
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        stop(proc)
 
-    assert proc.returncode == 130, f"exit {proc.returncode}\n{stderr[-3000:]}"
-    assert "Traceback" not in stdout + stderr, stderr[-3000:]
-    assert "losslab-stage train: interrupted" in stderr
-    killed = client.get_run(run_id)
+@pytest.mark.xdist_group("signals")  # the module fixture, made once
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_signal_during_training_keeps_outputs_and_repro_recovers(interrupted, signum):
+    stopped = interrupted.by_signal[signum]
+    assert stopped.returncode == 130, f"exit {stopped.returncode}\n{stopped.stderr[-3000:]}"
+    assert "Traceback" not in stopped.stdout + stopped.stderr, stopped.stderr[-3000:]
+    assert "losslab-stage train: interrupted" in stopped.stderr
+    killed = stopped.run
+    assert killed.info.run_id not in interrupted.before
     assert killed.info.status == "KILLED"
     assert killed.info.end_time is not None
     assert killed.data.tags["losslab.error"]
-    for relative, content in kept.items():
-        assert (clone / relative).read_bytes() == content, f"{relative} changed"
-    leftovers = [p.name for folder in (clone, clone / "model") for p in folder.iterdir()]
-    assert [name for name in leftovers if LEFTOVER.match(name)] == []
-    assert running(uri) == []
+    assert stopped.changed == []  # the outputs of the earlier repro keep their bytes
+    assert stopped.leftovers == []
 
-    set_params(params, **{"trainer.epochs": TINY_PARAMS["trainer.epochs"]})
-    repro = run_command([DVC, "repro"], clone, uri)
-    assert repro.returncode == 0, output(repro)
-    assert "Running stage 'train'" in repro.stdout
-    recovered = json.loads((clone / "model" / "run.json").read_text())["run_id"]
-    assert recovered not in before | {run_id}
-    assert client.get_run(recovered).info.status == "FINISHED"
-    assert client.get_run(recovered).data.params["optimizer.learning_rate"] == str(learning_rate)
-    assert set(json.loads((clone / "metrics.json").read_text())) == {"train", "test"}
+    # the next dvc repro recovers: one new run, of the model it trained
+    recovery, uri = interrupted.recovery, interrupted.uri
+    assert recovery.returncode == 0, output(recovery)
+    assert "Running stage 'train'" in recovery.stdout
+    interruptions = {i.run.info.run_id for i in interrupted.by_signal.values()}
+    (recovered,) = runs_of_model(uri, file_md5(interrupted.clone / "model" / "model.keras"))
+    assert recovered.info.run_id not in interrupted.before | interruptions
+    assert recovered.info.status == "FINISHED"
+    assert recovered.data.params["optimizer.learning_rate"] == str(interrupted.learning_rate)
+    metrics = json.loads((interrupted.clone / "metrics.json").read_text())
+    assert recovered.data.metrics["test_loss"] == pytest.approx(metrics["test"]["loss"])
     assert running(uri) == []
-    status = run_command([DVC, "status"], clone, uri)
-    assert "Data and pipelines are up to date" in status.stdout, output(status)
+    assert "Data and pipelines are up to date" in interrupted.status.stdout, output(
+        interrupted.status
+    )
 
 
 def left_in_session(session: int) -> list[int]:
@@ -204,20 +232,19 @@ def left_in_session(session: int) -> list[int]:
     return left
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "whole_group", "reason"),
     [(signal.SIGINT, True, "Ctrl-C"), (signal.SIGTERM, False, "terminated by signal 15")],
     ids=["Ctrl-C", "SIGTERM"],
 )
 def test_stopped_joblib_sweep_ends_every_run_and_says_so_once(
-    tmp_path, signum, whole_group, reason
+    tmp_path, empty_store, signum, whole_group, reason
 ):
     """Ctrl-C reaches the sweep and its workers; SIGTERM only the sweep's own process, and
     joblib ends the workers with it. Either way the parent run ends KILLED and no job's run is
     left RUNNING: a job whose worker went down before it could end its run is ended KILLED by
     the sweep on its way out."""
-    uri, sweep_dir = store(tmp_path), tmp_path / "sweep"
+    uri, sweep_dir = empty_store(tmp_path), tmp_path / "sweep"
     total = 40
     cmd = [LOSSLAB, "-m", "experiment=reg_mse", f"seed=range(0,{total})", "hydra/launcher=joblib"]
     cmd += [*TINY, f"hydra.sweep.dir={sweep_dir}"]
@@ -228,6 +255,9 @@ def test_stopped_joblib_sweep_ends_every_run_and_says_so_once(
         try:
             done = f"losslab: sweep 1/{total} jobs done"
             wait_for(lambda: done in (tmp_path / "err.txt").read_text(), 180, "a job done", proc)
+            # both workers in a job (each holds a RUNNING run besides the parent's): Ctrl-C
+            # finds them in the code that ends a job's run, not in loky's loop between jobs
+            wait_for(lambda: len(running(uri)) >= 3, 60, "two jobs running", proc)
             workers = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
             if whole_group:
                 os.killpg(proc.pid, signum)
@@ -270,26 +300,24 @@ def test_stopped_joblib_sweep_ends_every_run_and_says_so_once(
 # --------------------------------------------------------------------------------------------
 
 
-def long_training(tmp_path: Path) -> tuple[MlflowClient, subprocess.Popen, str, int]:
-    """A ``losslab`` run of 100000 epochs, once it has logged some: the store's client, the
-    process, the run's id and the pid its ``losslab.pid`` tag names as the run's holder."""
-    uri = store(tmp_path)
-    make_experiment(uri)
+def long_training(tmp_path: Path, uri: str) -> tuple[MlflowClient, subprocess.Popen, str, int]:
+    """A ``losslab`` run of 100000 epochs, once its first epoch is done: the store's client,
+    the process, the run's id and the pid its ``losslab.pid`` tag names as the run's holder."""
     client = MlflowClient(tracking_uri=uri)
-    cmd = [LOSSLAB, "experiment=reg_mse", *TINY, "trainer.epochs=100000"]
+    cmd = [LOSSLAB, "experiment=reg_mse", *TINY, "trainer.epochs=100000", "trainer.verbose=2"]
     proc = start([*cmd, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, uri)
     try:
-        run_id = training_run(client, proc, set())
+        wait_for_line(proc, "Epoch ", timeout=180)
+        (run,) = running(uri)
     except BaseException:
         stop(proc)
         raise
-    return client, proc, run_id, int(client.get_run(run_id).data.tags["losslab.pid"])
+    return client, proc, run.info.run_id, int(run.data.tags["losslab.pid"])
 
 
-@pytest.mark.slow
-def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
-    client, proc, run_id, holder = long_training(tmp_path)
-    uri = store(tmp_path)
+def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path, empty_store):
+    uri = empty_store(tmp_path)
+    client, proc, run_id, holder = long_training(tmp_path, uri)
     try:
         assert holder == proc.pid  # the losslab process holds its run itself
         proc.send_signal(signal.SIGKILL)
@@ -323,10 +351,10 @@ def test_sigkill_orphan_is_found_and_failed_by_doctor(tmp_path):
     assert running(uri) == []
 
 
-def test_a_run_whose_holder_is_a_zombie_is_found_by_doctor(tmp_path):
+def test_a_run_whose_holder_is_a_zombie_is_found_by_doctor(tmp_path, empty_store):
     """A killed ``losslab`` process whose parent does not reap it (a container's first process
     may not) stays a zombie: its pid still answers, but nothing holds the run."""
-    uri = store(tmp_path)
+    uri = empty_store(tmp_path)
     client = MlflowClient(tracking_uri=uri)
     holder = subprocess.Popen([sys.executable, "-c", ""])  # a zombie until it is waited for
     try:
@@ -343,44 +371,33 @@ def test_a_run_whose_holder_is_a_zombie_is_found_by_doctor(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# 3. A fresh clone: losslab-doctor reports the missing stage outputs, and dvc repro
-#    regenerates the data with exactly the hashes in the committed dvc.lock.
+# 3. A fresh clone (conftest's reproduced_clone): losslab-doctor reports the missing stage
+#    outputs, and dvc repro regenerates the data with exactly the hashes in the committed
+#    dvc.lock (the whole dvc.lock: test_pipeline.py::
+#    test_dvc_repro_in_a_clone_leaves_git_clean_and_dvc_lock_as_committed).
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FreshClone:
-    clone: Path
-    locked: dict[str, str]  # path → md5 of the generate stage's outs in the committed dvc.lock
-    imported_from: str
-    doctor: subprocess.CompletedProcess
-    generate: subprocess.CompletedProcess
-
-
-@pytest.fixture(scope="module")
-def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> FreshClone:
-    """A clone of HEAD running its own code (PYTHONPATH=clone/src before the editable install):
-    first losslab-doctor, then ``dvc repro generate``."""
-    root = tmp_path_factory.mktemp("fresh")
-    clone = clone_repo(root / "clone")
-    lock = yaml.safe_load((clone / "dvc.lock").read_text())
-    locked = {out["path"]: out["md5"] for out in lock["stages"]["generate"]["outs"]}
-    uri = store(root)
-    own_code = {"PYTHONPATH": str(clone / "src")}
-    where = run_command(
-        [sys.executable, "-c", "import losslab; print(losslab.__file__)"], root, uri, **own_code
+def committed_md5(clone: Path, path: str) -> str:
+    """The md5 of the generate stage's output ``path`` in the committed dvc.lock."""
+    lock = subprocess.run(
+        ["git", "show", "HEAD:dvc.lock"], cwd=clone, capture_output=True, text=True, check=True
     )
-    doctor = run_command([LOSSLAB_DOCTOR], clone, uri, **own_code)
-    generate = run_command([DVC, "repro", "generate"], clone, uri, **own_code)
-    return FreshClone(clone, locked, where.stdout.strip(), doctor, generate)
+    (md5,) = [
+        out["md5"]
+        for out in yaml.safe_load(lock.stdout)["stages"]["generate"]["outs"]
+        if out["path"] == path
+    ]
+    return md5
 
 
-def test_fresh_clone_runs_its_own_code(fresh_clone):
-    assert Path(fresh_clone.imported_from).is_relative_to(fresh_clone.clone / "src")
+def test_fresh_clone_runs_its_own_code(reproduced_clone: Reproduced):
+    clone = reproduced_clone.clone
+    assert Path(reproduced_clone.imported_from).is_relative_to(clone / "src")
 
 
-def test_doctor_reports_missing_stage_outputs(fresh_clone):
-    doctor = fresh_clone.doctor
+def test_doctor_reports_missing_stage_outputs(reproduced_clone: Reproduced):
+    doctor = reproduced_clone.doctor
     assert doctor.returncode == 0, output(doctor)
     assert "no run left RUNNING" in doctor.stdout
     status = doctor.stdout.split("losslab-doctor: dvc status", 1)[1]
@@ -388,18 +405,18 @@ def test_doctor_reports_missing_stage_outputs(fresh_clone):
         assert missing in status, output(doctor)
 
 
-def test_fresh_clone_regenerates_the_locked_dataset_npz(fresh_clone):
-    generate = fresh_clone.generate
-    assert generate.returncode == 0, output(generate)
-    assert "Running stage 'generate'" in generate.stdout  # really regenerated, not restored
-    path = "data/dataset.npz"
-    assert md5(fresh_clone.clone / path) == fresh_clone.locked[path]
+def test_fresh_clone_regenerates_the_locked_dataset_npz(reproduced_clone: Reproduced):
+    repro = reproduced_clone.repro
+    assert repro.returncode == 0, output(repro)
+    assert "Running stage 'generate'" in repro.stdout  # really regenerated, not restored
+    path, clone = "data/dataset.npz", reproduced_clone.clone
+    assert file_md5(clone / path) == committed_md5(clone, path)
 
 
-def test_fresh_clone_regenerates_the_locked_dataset_json(fresh_clone):
-    assert fresh_clone.generate.returncode == 0, output(fresh_clone.generate)
-    path = "data/dataset.json"
-    assert md5(fresh_clone.clone / path) == fresh_clone.locked[path]
+def test_fresh_clone_regenerates_the_locked_dataset_json(reproduced_clone: Reproduced):
+    assert reproduced_clone.repro.returncode == 0, output(reproduced_clone.repro)
+    path, clone = "data/dataset.json", reproduced_clone.clone
+    assert file_md5(clone / path) == committed_md5(clone, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +424,6 @@ def test_fresh_clone_regenerates_the_locked_dataset_json(fresh_clone):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_eight_jobs_on_two_workers_on_a_fresh_store(tmp_path):
     uri = store(tmp_path)
     db = Path(uri.removeprefix("sqlite:///"))
@@ -454,49 +470,49 @@ def test_eight_jobs_on_two_workers_on_a_fresh_store(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_dvc_repro_losslab_and_mlflow_run_give_identical_results(tmp_path, compose_raw):
-    overrides = [*TINY, "trainer.epochs=3"]
-    uri = store(tmp_path)
-    make_experiment(uri)  # so mlflow run keeps its artifacts in the temp store
-
-    clone = clone_repo(tmp_path / "clone")
-    OmegaConf.save(compose_raw(*overrides), clone / "params.yaml")  # the same config
-    by_dvc = run_command([DVC, "repro"], clone, uri)
-    assert by_dvc.returncode == 0, output(by_dvc)
+def test_dvc_repro_losslab_and_mlflow_run_give_identical_results(
+    reproduced_clone: Reproduced, tmp_path, compose_raw
+):
+    """The reproduced clone's pipeline (the committed params), then ``losslab`` and
+    ``mlflow run`` with the same config (the default composition, which params.yaml is), each
+    into the same store: the same model, history and metrics, byte for byte."""
+    clone = reproduced_clone.clone
+    assert reproduced_clone.repro.returncode == 0, output(reproduced_clone.repro)
+    committed = OmegaConf.to_container(OmegaConf.load(clone / "params.yaml"))
+    assert committed == OmegaConf.to_container(compose_raw()), "params.yaml: run `make params`"
+    _, uri = reproduced_clone.copy(tmp_path / "copy")  # the store, with the dvc repro's run
 
     app_dir = tmp_path / "app"
-    by_app = run_command([LOSSLAB, *overrides, f"hydra.run.dir={app_dir}"], tmp_path, uri)
+    by_app = run_command([LOSSLAB, f"hydra.run.dir={app_dir}"], tmp_path, uri)
     assert by_app.returncode == 0, output(by_app)
 
     mlflow_dir = tmp_path / "mlflow-run"
-    joined = " ".join([*overrides, f"hydra.run.dir={mlflow_dir}"])
     by_mlflow = run_command(
         [MLFLOW, "run", ".", "--env-manager", "local", "--experiment-name", "losslab"]
-        + ["-P", f"overrides={joined}"],
+        + ["-P", f"overrides=hydra.run.dir={mlflow_dir}"],
         REPO_ROOT,
         uri,
     )
     assert by_mlflow.returncode == 0, output(by_mlflow)
 
     roots = {"dvc": clone, "cli": app_dir, "mlflow-run": mlflow_dir}
-    histories = {
-        name: (root / "model" / "history.csv").read_bytes() for name, root in roots.items()
-    }
-    metrics = {
-        name: json.loads((root / "metrics.json").read_text()) for name, root in roots.items()
-    }
-    assert histories["dvc"].count(b"\n") == 3 + 1  # header and one row per epoch
-    assert histories["cli"] == histories["dvc"]
-    assert histories["mlflow-run"] == histories["dvc"]
-    assert metrics["cli"] == metrics["dvc"]
-    assert metrics["mlflow-run"] == metrics["dvc"]
+    for relative in ("model/model.keras", "model/history.csv", "metrics.json"):
+        written = {name: (root / relative).read_bytes() for name, root in roots.items()}
+        assert written["cli"] == written["dvc"], relative
+        assert written["mlflow-run"] == written["dvc"], relative
+    epochs = compose_raw().trainer.epochs
+    assert (clone / "model" / "history.csv").read_bytes().count(b"\n") == epochs + 1
 
     runs = all_runs(uri)
     assert sorted(r.data.tags["losslab.entry_point"] for r in runs) == sorted(roots)
     assert {r.info.status for r in runs} == {"FINISHED"}
-    finals = [{k: v for k, v in r.data.metrics.items() if k.startswith("test_")} for r in runs]
-    assert finals[0] and finals[1] == finals[0] and finals[2] == finals[0]
+    md5 = file_md5(clone / "model" / "model.keras")
+    assert {r.data.tags["losslab.model_md5"] for r in runs} == {md5}
+    metrics = json.loads((clone / "metrics.json").read_text())
+    expected = {f"test_{name}": value for name, value in metrics["test"].items()}
+    for run in runs:
+        finals = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
+        assert finals == expected, run.data.tags["losslab.entry_point"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,10 +528,10 @@ class Recorded:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+def recorded(tmp_path_factory: pytest.TempPathFactory, empty_store) -> Recorded:
     """One finished run; verbose training, so a rerun prints its epochs."""
     root = tmp_path_factory.mktemp("rerun")
-    uri = store(root)
+    uri = empty_store(root)
     cmd = [LOSSLAB, "experiment=reg_mse", *TINY, "trainer.verbose=2", f"hydra.run.dir={root}/out"]
     done = run_command(cmd, root, uri)
     assert done.returncode == 0, output(done)
@@ -551,7 +567,7 @@ def before_training(stdout: str, line: str) -> None:
     assert stdout.index(line) < stdout.index("losslab-rerun: new run"), stdout
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("rerun")  # the module fixture, made once
 def test_rerun_reproduces_every_metric(recorded, tmp_path):
     original = MlflowClient(tracking_uri=recorded.uri).get_run(recorded.run_id)
     done = rerun(recorded, recorded.run_id, tmp_path)
@@ -570,7 +586,7 @@ def test_rerun_reproduces_every_metric(recorded, tmp_path):
     assert again.data.params == original.data.params
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("rerun")
 def test_rerun_reports_a_version_difference_before_running(recorded, tmp_path):
     client = MlflowClient(tracking_uri=recorded.uri)
     source = client.get_run(recorded.run_id)
@@ -598,7 +614,7 @@ def test_rerun_reports_a_version_difference_before_running(recorded, tmp_path):
     assert set(compared(done.stdout).values()) == {"same"}
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("rerun")
 def test_rerun_reports_a_data_difference_before_running(recorded, tmp_path):
     client = MlflowClient(tracking_uri=recorded.uri)
     source = client.get_run(recorded.run_id)
@@ -627,7 +643,7 @@ def test_rerun_reports_a_data_difference_before_running(recorded, tmp_path):
     assert set(compared(done.stdout).values()) == {"same"}
 
 
-@pytest.mark.slow
+@pytest.mark.xdist_group("rerun")
 def test_rerun_reports_metric_differences_with_exit_1(recorded, tmp_path):
     client = MlflowClient(tracking_uri=recorded.uri)
     source = client.get_run(recorded.run_id)

@@ -12,13 +12,22 @@ import math
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, all_runs, clone_repo, run_env, set_params
+from conftest import (
+    REPO_ROOT,
+    Reproduced,
+    all_runs,
+    file_md5,
+    own_code,
+    run_command,
+    run_env,
+    runs_of_model,
+    set_params,
+)
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -49,128 +58,140 @@ def read_history(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 # --------------------------------------------------------------------------------------------
-# The DVC pipeline in a clone of the committed HEAD, reproduced once for the whole module.
+# The DVC pipeline: in a clone of HEAD with its committed params (conftest's reproduced_clone,
+# made once for the session), then in a copy of that clone after a change of one param.
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Pipeline:
-    clone: Path
-    uri: str
-    first: subprocess.CompletedProcess
-    first_done_ms: int  # every run of the first repro started before this
-    first_run_info: dict
-    first_metrics: dict
-    first_history: str
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    root = tmp_path_factory.mktemp("pipeline")
-    clone = clone_repo(root / "clone")
-    set_params(
-        clone / "params.yaml",
-        **{
-            "trainer.epochs": EPOCHS,
-            "trainer.verbose": 0,
-            "dataset.n_samples": 200,
-            "dataset.n_test": 100,
-        },
-    )
-    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    first = run([DVC, "repro"], clone, uri)
-    done_ms = int(time.time() * 1000)
-
-    def snapshot(relative: str) -> str:
-        path = clone / relative
-        return path.read_text() if path.is_file() else ""
-
-    return Pipeline(
-        clone=clone,
-        uri=uri,
-        first=first,
-        first_done_ms=done_ms,
-        first_run_info=json.loads(snapshot("model/run.json") or "{}"),
-        first_metrics=json.loads(snapshot("metrics.json") or "{}"),
-        first_history=snapshot("model/history.csv"),
-    )
-
-
-def test_dvc_repro_writes_every_output(pipeline: Pipeline) -> None:
-    assert pipeline.first.returncode == 0, output(pipeline.first)
+def test_dvc_repro_writes_every_output(reproduced_clone: Reproduced) -> None:
+    repro = reproduced_clone.repro
+    assert repro.returncode == 0, output(repro)
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in output(pipeline.first)
-    clone = pipeline.clone
+        assert f"Running stage '{stage}'" in output(repro)
+    clone = reproduced_clone.clone
     for relative in (
         "data/dataset.npz",
         "data/dataset.json",
         "model/model.keras",
         "model/history.csv",
-        "model/run.json",
+        "model/train.json",
         "metrics.json",
         *(f"plots/{name}" for name in PLOTS),
     ):
         path = clone / relative
         assert path.is_file() and path.stat().st_size > 0, f"{relative} missing or empty"
+    # the training time is a measure of this run, for MLflow: neither git's nor DVC's
+    assert "train.json" not in (clone / "dvc.lock").read_text()
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "model/train.json"], cwd=clone, capture_output=True
+    )
+    assert ignored.returncode == 0, "model/train.json is not ignored by git"
 
+    epochs = OmegaConf.load(clone / "params.yaml").trainer.epochs
     columns, rows = read_history(clone / "model" / "history.csv")
     assert columns == HISTORY_COLUMNS
-    assert [int(row["epoch"]) for row in rows] == list(range(1, EPOCHS + 1))
+    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
     assert all(math.isfinite(float(row[c])) for row in rows for c in columns)
 
-    metrics = pipeline.first_metrics
+    metrics = json.loads((clone / "metrics.json").read_text())
     assert set(metrics) == {"train", "test"}
     for split in ("train", "test"):
         assert set(metrics[split]) == {"loss", "accuracy"}
         assert math.isfinite(metrics[split]["loss"])
         assert 0.0 <= metrics[split]["accuracy"] <= 1.0
 
-    shown = run([DVC, "metrics", "show", "--json"], clone, pipeline.uri)
-    assert shown.returncode == 0, output(shown)
-    assert "test.accuracy" in run([DVC, "metrics", "show"], clone, pipeline.uri).stdout
-    by_file = json.loads(shown.stdout)
-    dvc_metrics = next(iter(by_file.values()))["data"]["metrics.json"]["data"]
-    assert dvc_metrics == json.loads((clone / "metrics.json").read_text())
 
-
-def test_dvc_repro_is_a_noop_then_reruns_only_downstream_of_a_changed_param(
-    pipeline: Pipeline,
+@pytest.mark.xdist_group("changed")  # the module fixture, made once
+def test_dvc_repro_in_a_clone_leaves_git_clean_and_dvc_lock_as_committed(
+    reproduced_clone: Reproduced, changed: Changed
 ) -> None:
-    assert pipeline.first.returncode == 0, output(pipeline.first)
-    clone = pipeline.clone
-    lock_before = (clone / "dvc.lock").read_bytes()
+    """Every output DVC hashes has the same bytes in every clone: after the first dvc repro
+    (every stage run, as make run runs them) git sees nothing changed (dvc.lock, metrics.json
+    and history.csv included) and dvc status finds the pipeline up to date. Equal to the
+    committed dvc.lock, two clones' dvc.lock files are equal to each other."""
+    clone = reproduced_clone.clone
+    assert reproduced_clone.repro.returncode == 0, output(reproduced_clone.repro)
+    status = subprocess.run(
+        ["git", "--no-optional-locks", "status", "--porcelain"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert status.stdout == "", status.stdout
+    committed = subprocess.run(
+        ["git", "show", "HEAD:dvc.lock"], cwd=clone, capture_output=True, check=True
+    ).stdout
+    assert (clone / "dvc.lock").read_bytes() == committed
+    assert changed.status.returncode == 0, output(changed.status)
+    assert "Data and pipelines are up to date" in changed.status.stdout, output(changed.status)
 
-    again = run([DVC, "repro"], clone, pipeline.uri)
-    text = output(again)
-    assert again.returncode == 0, text
+
+@dataclass
+class Changed:
+    """A copy of the reproduced clone: dvc status, a dvc repro with nothing to do, then one
+    after the learning rate doubled."""
+
+    clone: Path
+    uri: str
+    status: subprocess.CompletedProcess
+    noop: subprocess.CompletedProcess
+    lock_before: bytes
+    lock_after_noop: bytes
+    changed: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def changed(reproduced_clone: Reproduced, tmp_path_factory: pytest.TempPathFactory) -> Changed:
+    clone, uri = reproduced_clone.copy(tmp_path_factory.mktemp("changed"))
+    env = own_code(clone)
+    lock_before = (clone / "dvc.lock").read_bytes()
+    status = run_command([DVC, "status"], clone, uri, **env)
+    noop = run_command([DVC, "repro"], clone, uri, **env)
+    lock_after_noop = (clone / "dvc.lock").read_bytes()
+    rate = OmegaConf.load(clone / "params.yaml").optimizer.learning_rate
+    set_params(clone / "params.yaml", **{"optimizer.learning_rate": rate * 2})
+    repro = run_command([DVC, "repro"], clone, uri, **env)
+    return Changed(clone, uri, status, noop, lock_before, lock_after_noop, repro)
+
+
+@pytest.mark.xdist_group("changed")  # the module fixture, made once
+def test_dvc_repro_is_a_noop_then_reruns_only_downstream_of_a_changed_param(
+    changed: Changed,
+) -> None:
+    text = output(changed.noop)
+    assert changed.noop.returncode == 0, text
     assert "Running stage" not in text
     assert "Data and pipelines are up to date" in text
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change" in text
-    assert (clone / "dvc.lock").read_bytes() == lock_before
+    assert changed.lock_after_noop == changed.lock_before
 
-    params = OmegaConf.load(clone / "params.yaml")
-    set_params(
-        clone / "params.yaml", **{"optimizer.learning_rate": params.optimizer.learning_rate * 2}
-    )
-    changed = run([DVC, "repro"], clone, pipeline.uri)
-    text = output(changed)
-    assert changed.returncode == 0, text
+    text = output(changed.changed)
+    assert changed.changed.returncode == 0, text
     assert "Running stage 'generate'" not in text
     assert "Stage 'generate' didn't change" in text
     for stage in ("train", "evaluate", "plot"):
         assert f"Running stage '{stage}'" in text
-    new_run = json.loads((clone / "model" / "run.json").read_text())["run_id"]
-    assert new_run != pipeline.first_run_info["run_id"]
+    assert (changed.clone / "dvc.lock").read_bytes() != changed.lock_before
+
+    shown = run_command([DVC, "metrics", "show", "--json"], changed.clone, changed.uri)
+    assert shown.returncode == 0, output(shown)
+    by_file = json.loads(shown.stdout)
+    dvc_metrics = next(iter(by_file.values()))["data"]["metrics.json"]["data"]
+    assert dvc_metrics == json.loads((changed.clone / "metrics.json").read_text())
+    assert set(dvc_metrics) == {"train", "test"}
 
 
-def test_dataset_hash_and_bytes_are_reproducible(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_dataset_hash_and_bytes_are_reproducible(
+    reproduced_clone: Reproduced, tmp_path: Path
+) -> None:
     from losslab import steps
     from losslab.config import load_params
     from losslab.datasets import make_dataset
 
-    assert pipeline.first.returncode == 0, output(pipeline.first)
-    clone = pipeline.clone
+    assert reproduced_clone.repro.returncode == 0, output(reproduced_clone.repro)
+    clone = reproduced_clone.clone
     cfg = load_params(clone / "params.yaml")
     meta = json.loads((clone / "data" / "dataset.json").read_text())
     assert meta["sha256"] == make_dataset(cfg.dataset).content_hash()
@@ -183,28 +204,46 @@ def test_dataset_hash_and_bytes_are_reproducible(pipeline: Pipeline, tmp_path: P
     assert first.data_meta.read_bytes() == second.data_meta.read_bytes()
 
 
-def test_dvc_repro_makes_exactly_one_mlflow_run(pipeline: Pipeline) -> None:
-    assert pipeline.first.returncode == 0, output(pipeline.first)
-    runs = [r for r in all_runs(pipeline.uri) if r.info.start_time <= pipeline.first_done_ms]
-    assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
-    (found,) = runs
-    run_id = found.info.run_id
-    assert run_id == pipeline.first_run_info["run_id"]
-    assert found.info.status == "FINISHED"
-    assert found.data.tags["losslab.entry_point"] == "dvc"
-
-    client = MlflowClient(tracking_uri=pipeline.uri)
+def assert_run_of_the_pipeline(run, uri: str, clone: Path) -> None:
+    """The run the stages of one dvc repro logged to: the train stage's, tagged with the hash
+    of the model it wrote, holding its per-epoch history, the evaluation and the plots."""
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["losslab.entry_point"] == "dvc"
+    assert run.data.tags["losslab.model_md5"] == file_md5(clone / "model" / "model.keras")
+    client = MlflowClient(tracking_uri=uri)
+    run_id = run.info.run_id
     loss_history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
-    assert [m.step for m in loss_history] == list(range(1, EPOCHS + 1))
-    csv_losses = [float(row["loss"]) for row in csv.DictReader(pipeline.first_history.splitlines())]
-    assert [m.value for m in loss_history] == pytest.approx(csv_losses, rel=1e-6)
-    for split in ("train", "test"):
-        for name in ("loss", "accuracy"):
-            logged = found.data.metrics[f"{split}_{name}"]
-            assert logged == pytest.approx(pipeline.first_metrics[split][name], rel=1e-6)
-
+    _, rows = read_history(clone / "model" / "history.csv")
+    assert [m.step for m in loss_history] == [int(row["epoch"]) for row in rows]
+    assert [m.value for m in loss_history] == pytest.approx(
+        [float(row["loss"]) for row in rows], rel=1e-6
+    )
     artifacts = {Path(a.path).name for a in client.list_artifacts(run_id, "plots")}
     assert set(PLOTS) <= artifacts
+    metrics = json.loads((clone / "metrics.json").read_text())
+    for split in ("train", "test"):
+        for name in ("loss", "accuracy"):
+            logged = run.data.metrics[f"{split}_{name}"]
+            assert logged == pytest.approx(metrics[split][name], rel=1e-6), (split, name)
+
+
+@pytest.mark.xdist_group("changed")  # the module fixture, made once
+def test_dvc_repro_makes_exactly_one_mlflow_run(
+    reproduced_clone: Reproduced, changed: Changed
+) -> None:
+    """One run per dvc repro, found by the model's hash: the stages after train add to it."""
+    assert reproduced_clone.repro.returncode == 0, output(reproduced_clone.repro)
+    (first,) = all_runs(reproduced_clone.uri)
+    assert_run_of_the_pipeline(first, reproduced_clone.uri, reproduced_clone.clone)
+    md5 = file_md5(reproduced_clone.clone / "model" / "model.keras")
+    assert [r.info.run_id for r in runs_of_model(reproduced_clone.uri, md5)] == [first.info.run_id]
+
+    assert changed.changed.returncode == 0, output(changed.changed)
+    runs = all_runs(changed.uri)  # the copied store: the first repro's run, and the second's
+    (new,) = [r for r in runs if r.info.run_id != first.info.run_id]
+    assert len(runs) == 2
+    assert_run_of_the_pipeline(new, changed.uri, changed.clone)
+    assert new.data.tags["losslab.model_md5"] != md5
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,11 +373,10 @@ def assert_no_run_running(uri: str) -> list:
 
 @pytest.fixture
 def stage_dir(tmp_path: Path, tracking_uri: str) -> Path:
-    """A folder with a small params.yaml, its generated data, and the train stage's run.json
-    pointing at a finished run in the temp store, as after a successful train stage."""
-    from losslab import steps
+    """A folder with a small params.yaml, its generated data, a model file and a finished run
+    tagged with that file's hash in the temp store, as after a successful train stage."""
+    from losslab import steps, tracking
     from losslab.config import load_params
-    from losslab.storage import write_json
 
     root = tmp_path / "stage"
     root.mkdir()
@@ -347,6 +385,8 @@ def stage_dir(tmp_path: Path, tracking_uri: str) -> Path:
     cfg = load_params(root / "params.yaml")
     layout = steps.Layout(root)
     steps.generate(cfg, layout)
+    layout.model.parent.mkdir(parents=True, exist_ok=True)
+    layout.model.write_bytes(b"placeholder, not read before the data")
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     experiment_id = (
@@ -354,10 +394,9 @@ def stage_dir(tmp_path: Path, tracking_uri: str) -> Path:
         if experiment
         else client.create_experiment(cfg.tracking.experiment)
     )
-    created = client.create_run(experiment_id)
+    tags = {tracking.MODEL_TAG: file_md5(layout.model)}
+    created = client.create_run(experiment_id, tags=tags)
     client.set_terminated(created.info.run_id, "FINISHED")
-    write_json(layout.run_info, {"run_id": created.info.run_id})
-    layout.model.write_bytes(b"placeholder, not read before the data")
     return root
 
 
@@ -388,7 +427,7 @@ def test_truncated_dataset_is_named(stage_dir: Path, tracking_uri: str) -> None:
     assert len(lines) == 1, done.stderr
     assert "data/dataset.npz" in lines[0]
     runs = assert_no_run_running(tracking_uri)
-    assert [r.info.status for r in runs] == ["FAILED"]
+    assert [r.info.status for r in runs] == ["FAILED"]  # the train stage's run, found by the tag
     assert not (stage_dir / "metrics.json").exists()
 
 
@@ -401,6 +440,9 @@ def test_garbage_model_is_named(stage_dir: Path, tracking_uri: str) -> None:
     lines = error_lines(done, "evaluate")
     assert len(lines) == 1, done.stderr
     assert "model/model.keras" in lines[0]
-    runs = assert_no_run_running(tracking_uri)
-    assert [r.info.status for r in runs] == ["FAILED"]
+    assert_no_run_running(tracking_uri)
+    # not the train stage's model: its hash finds no run, and evaluate's own run failed
+    (failed,) = runs_of_model(tracking_uri, file_md5(model))
+    assert failed.info.status == "FAILED"
+    assert "model/model.keras" in failed.data.tags["losslab.error"]
     assert not (stage_dir / "metrics.json").exists()

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -85,14 +86,20 @@ def assert_sweep_finished(uri: str, n_jobs: int) -> list:
     return children
 
 
-@pytest.fixture
-def no_ray_leftovers() -> Iterator[None]:
-    """``~/.ray`` is removed again if the test made it."""
+@contextmanager
+def ray_home_untouched() -> Iterator[None]:
+    """``~/.ray`` is removed again if it was made meanwhile, and that fails the test."""
     existed = HOME_RAY.exists()
     yield
     if not existed and HOME_RAY.exists():
         shutil.rmtree(HOME_RAY)
         pytest.fail("Ray wrote ~/.ray (removed)")
+
+
+@pytest.fixture
+def no_ray_leftovers() -> Iterator[None]:
+    with ray_home_untouched():
+        yield
 
 
 def _session(leader: int) -> list[psutil.Process]:
@@ -129,24 +136,30 @@ def _stop(process: subprocess.Popen, grace: float) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def token() -> dict[str, str]:
     """Ray's token authentication, with the token in the environment rather than ~/.ray."""
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_env(token: dict[str, str]) -> dict[str, str]:
     """For ``ray start`` and the sweeps joining it: the token, and one-node Ray, which keeps
     127.0.0.1 (else Ray swaps it for the machine's network address)."""
     return token | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-@pytest.fixture
-def ray_cluster(tmp_path: Path, ray_env: dict[str, str], no_ray_leftovers) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory, ray_env: dict[str, str]) -> Iterator[str]:
     """A one-node Ray cluster from ``ray start --head`` on 127.0.0.1, started in a folder of its
-    own and without $MLFLOW_TRACKING_URI; yields its address, then stops every process of its
-    session (workers included) and removes its temp dir."""
+    own and without $MLFLOW_TRACKING_URI, one for the module's tests (marked with the ``ray``
+    group, so that one worker runs them all); yields its address, then stops every process of
+    its session (workers included) and removes its temp dir."""
+    with ray_home_untouched():
+        yield from _ray_cluster(tmp_path_factory.mktemp("ray"), ray_env)
+
+
+def _ray_cluster(tmp_path: Path, ray_env: dict[str, str]) -> Iterator[str]:
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit
     cwd = tmp_path / "ray-cwd"
     cwd.mkdir()
@@ -171,6 +184,7 @@ def ray_cluster(tmp_path: Path, ray_env: dict[str, str], no_ray_leftovers) -> It
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.xdist_group("ray")  # one Ray head for the module
 def test_sweep_on_a_ray_cluster_logs_every_job_to_the_server(
     ray_cluster: str, ray_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -195,7 +209,7 @@ def test_sweep_on_a_ray_cluster_logs_every_job_to_the_server(
     (sweep_dir,) = (driver / "multirun").glob("*/*")
     assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == list("0123")
     assert (sweep_dir / "report" / "report.md").is_file()
-    assert not (tmp_path / "ray-cwd" / "multirun").exists()
+    assert not list(tmp_path.parent.glob("ray*/ray-cwd/multirun"))  # not where Ray started
     assert "Traceback" not in done.stderr
 
 
@@ -253,6 +267,7 @@ def test_unreachable_ray_address_is_one_clear_line(tmp_path: Path, tracking_uri:
     )
 
 
+@pytest.mark.xdist_group("ray")
 def test_ray_cluster_that_refuses_the_client_is_one_clear_line(
     ray_cluster: str, tmp_path: Path, tracking_uri: str
 ) -> None:
@@ -295,16 +310,43 @@ def postgresql_bin(name: str) -> str | None:
     return max(found, key=lambda path: int(Path(path).parts[-3])) if found else shutil.which(name)
 
 
+def in_ci() -> bool:
+    """Whether CI runs the tests ($CI set, as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_postgresql() -> tuple[str, str]:
+    """PostgreSQL's initdb and postgres; without them the test skips, saying why, except in
+    CI, where it fails: CI must run it (make test installs the server as root with apt)."""
+    initdb, postgres = postgresql_bin("initdb"), postgresql_bin("postgres")
+    if not (initdb and postgres):
+        reason = "PostgreSQL's server is not installed (make test installs it as root with apt)"
+        if in_ci():
+            pytest.fail(f"{reason}; CI must run this test", pytrace=False)
+        pytest.skip(reason)
+    return initdb, postgres
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"),
+    [("true", pytest.fail.Exception), ("1", pytest.fail.Exception), (None, pytest.skip.Exception)],
+    ids=["CI=true", "CI=1", "no-CI"],
+)
+def test_missing_postgresql_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, outcome) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "postgresql_bin", lambda name: None)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="PostgreSQL's server is not installed"):
+        require_postgresql()
+
+
 @pytest.fixture
 def postgresql() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 with a database ``mlflow`` owned by a user
     with a password; yields its URI, then stops the server and removes the cluster."""
-    initdb, postgres = postgresql_bin("initdb"), postgresql_bin("postgres")
-    if not (initdb and postgres):
-        reason = "PostgreSQL's server is not installed (make test installs it as root with apt)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    initdb, postgres = require_postgresql()
     # initdb refuses root: as root, the cluster belongs to the postgres user (or nobody)
     owner = None
     if os.geteuid() == 0:

@@ -74,10 +74,11 @@ class Sweep:
         return [r for r in self.runs if r.data.tags.get("losslab.sweep") != "true"]
 
 
-def multirun(folder: Path, *overrides: str, timeout: float = 600) -> Sweep:
-    """``losslab -m <overrides>`` with its sweep dir and its store in ``folder``."""
+def multirun(folder: Path, *overrides: str, uri: str | None = None, timeout: float = 600) -> Sweep:
+    """``losslab -m <overrides>`` with its sweep dir in ``folder``, and its store there too
+    unless ``uri`` names one (conftest's ``empty_store``, where making it is not under test)."""
     folder.mkdir(parents=True, exist_ok=True)
-    uri = store_uri(folder / "mlruns")
+    uri = uri or store_uri(folder / "mlruns")
     sweep_dir = folder / "sweep"
     cmd = [LOSSLAB, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     done = run(cmd, folder, uri, timeout)
@@ -109,12 +110,14 @@ THREE_LOSSES = ("mse", "mae", "huber")
 
 
 @pytest.fixture(scope="module")
-def three_loss_sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+def three_loss_sweep(tmp_path_factory: pytest.TempPathFactory, empty_store) -> Sweep:
     folder = tmp_path_factory.mktemp("three_losses")
-    return multirun(folder, f"loss={','.join(THREE_LOSSES)}", "dataset=regression", *TINY)
+    overrides = (f"loss={','.join(THREE_LOSSES)}", "dataset=regression", *TINY)
+    return multirun(folder, *overrides, uri=empty_store(folder))
 
 
 @pytest.mark.spawn
+@pytest.mark.xdist_group("three_loss_sweep")  # the module fixture, made once
 def test_multirun_makes_one_parent_with_three_finished_children(three_loss_sweep: Sweep) -> None:
     sweep = three_loss_sweep
     assert sweep.done.returncode == 0, output(sweep.done)
@@ -146,6 +149,7 @@ def test_multirun_makes_one_parent_with_three_finished_children(three_loss_sweep
         assert child.info.end_time <= parent.info.end_time
 
 
+@pytest.mark.xdist_group("three_loss_sweep")  # the module fixture, made once
 def test_multirun_prints_progress_on_stderr(three_loss_sweep: Sweep) -> None:
     stderr = three_loss_sweep.done.stderr
     lines = progress_lines(stderr)
@@ -159,6 +163,7 @@ def test_multirun_prints_progress_on_stderr(three_loss_sweep: Sweep) -> None:
     assert "losslab: sweep" not in three_loss_sweep.done.stdout  # progress is on stderr only
 
 
+@pytest.mark.xdist_group("three_loss_sweep")  # the module fixture, made once
 def test_multirun_publishes_report_to_sweep_dir_and_parent(three_loss_sweep: Sweep) -> None:
     sweep = three_loss_sweep
     report = sweep.sweep_dir / "report"
@@ -660,7 +665,7 @@ def test_count_jobs_agrees_with_hydra(compose_raw, overrides: list[str], expecte
         assert len(_hydra_jobs(cfg)) == expected
 
 
-def test_regression_study_with_one_seed_runs_three_jobs(tmp_path: Path) -> None:
+def test_regression_study_with_one_seed_runs_three_jobs(tmp_path: Path, empty_store) -> None:
     sweep = multirun(
         tmp_path,
         "study=regression",
@@ -668,6 +673,7 @@ def test_regression_study_with_one_seed_runs_three_jobs(tmp_path: Path) -> None:
         "trainer.epochs=1",
         "dataset.n_samples=100",
         "dataset.n_test=50",
+        uri=empty_store(tmp_path),
     )
     assert sweep.done.returncode == 0, output(sweep.done)
     parent = sweep.parent
@@ -689,10 +695,9 @@ def test_regression_study_with_one_seed_runs_three_jobs(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_optuna_search_tags_best_trial_on_parent(tmp_path: Path) -> None:
-    sweep = multirun(
-        tmp_path, "experiment=circles_bce", "hparams_search=lr", "hydra.sweeper.n_trials=3", *TINY
-    )
+def test_optuna_search_tags_best_trial_on_parent(tmp_path: Path, empty_store) -> None:
+    overrides = ("experiment=circles_bce", "hparams_search=lr", "hydra.sweeper.n_trials=3")
+    sweep = multirun(tmp_path, *overrides, *TINY, uri=empty_store(tmp_path))
     assert sweep.done.returncode == 0, output(sweep.done)
     parent = sweep.parent
     assert parent.info.status == "FINISHED"
@@ -722,12 +727,14 @@ def test_optuna_search_tags_best_trial_on_parent(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def failing_sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+def failing_sweep(tmp_path_factory: pytest.TempPathFactory, empty_store) -> Sweep:
     folder = tmp_path_factory.mktemp("failing")
-    return multirun(folder, "loss=mse,hinge", "dataset=regression", *TINY)
+    overrides = ("loss=mse,hinge", "dataset=regression", *TINY)
+    return multirun(folder, *overrides, uri=empty_store(folder))
 
 
 @pytest.mark.spawn
+@pytest.mark.xdist_group("failing_sweep")  # the module fixture, made once
 def test_failing_job_fails_alone(failing_sweep: Sweep) -> None:
     sweep = failing_sweep
     assert sweep.done.returncode != 0, output(sweep.done)
@@ -746,6 +753,7 @@ def test_failing_job_fails_alone(failing_sweep: Sweep) -> None:
     assert (sweep.sweep_dir / "report" / "report.md").is_file()  # the mse job is reported
 
 
+@pytest.mark.xdist_group("failing_sweep")  # the module fixture, made once
 def test_failed_parent_counts_the_failed_job(failing_sweep: Sweep) -> None:
     tags = failing_sweep.parent.data.tags
     assert tags["losslab.error"] == "1 of 2 job(s) failed", tags["losslab.error"]

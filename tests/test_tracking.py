@@ -12,15 +12,12 @@ import json
 import math
 import os
 import re
-import selectors
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,8 +27,17 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, all_runs, mlflow_server, run_command, run_env, shrink, wait_for
-from filelock import FileLock
+from conftest import (
+    REPO_ROOT,
+    all_runs,
+    made_once,
+    mlflow_server,
+    run_command,
+    run_env,
+    shrink,
+    wait_for,
+    wait_for_line,
+)
 from mlflow.entities import LoggedModelStatus, Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -91,61 +97,6 @@ def logged_model_files(client: MlflowClient, model_id: str, path: str | None = N
     for item in client.list_logged_model_artifacts(model_id, path):
         found |= logged_model_files(client, model_id, item.path) if item.is_dir else {item.path}
     return found
-
-
-def copy_store(source: Path, target: Path) -> None:
-    """A consistent copy of the SQLite store ``source`` (SQLite's own backup)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
-        src.backup(dst)
-
-
-@contextmanager
-def made_once(tmp_path_factory, worker_id: str, name: str) -> Iterator[tuple[Path, Path]]:
-    """A folder ``name`` shared by the session's xdist workers, and the file that says it is
-    made, under a file lock: the first worker to get there makes it (when that file is absent),
-    the others wait for it and use what it made."""
-    base = tmp_path_factory.getbasetemp()
-    folder = (base if worker_id == "master" else base.parent) / name  # parent: the session's
-    with FileLock(f"{folder}.lock", timeout=900):
-        folder.mkdir(exist_ok=True)
-        yield folder, folder / "made.json"
-
-
-@pytest.fixture(scope="module")
-def migrated_store(tmp_path_factory, worker_id) -> Path:
-    """An empty store with MLflow's schema, made once: migrating a new SQLite store takes about
-    5 s, which only the tests of a fresh store (``app_run``, the concurrent jobs) need to pay."""
-    with made_once(tmp_path_factory, worker_id, "migrated_store") as (folder, made):
-        if not made.exists():
-            MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-            made.write_text("{}")
-    return folder / "mlflow.db"
-
-
-@pytest.fixture
-def tracking_uri(tracking_uri: str, migrated_store: Path) -> str:
-    """conftest's temp store, begun as a copy of ``migrated_store`` (no experiment of losslab's
-    yet: the run under test still makes it)."""
-    copy_store(migrated_store, Path(tracking_uri.removeprefix("sqlite:///")))
-    return tracking_uri
-
-
-def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
-    """Read ``proc``'s stdout until a line starts with ``prefix``; fail if it ends first."""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while (left := deadline - time.monotonic()) > 0:
-            if not selector.select(timeout=left):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                _, stderr = proc.communicate()
-                pytest.fail(f"exited with {proc.returncode} before {prefix!r}:\n{stderr[-3000:]}")
-            if line.startswith(prefix):
-                return line
-    pytest.fail(f"no line starting with {prefix!r} in {timeout:.0f} s")
 
 
 @pytest.fixture(autouse=True)
@@ -576,7 +527,6 @@ def test_epoch_metrics_buffer_until_flush_and_split_large_batches(tiny_cfg, trac
 
 def _metric_history_plan(uri: str, run_id: str) -> str:
     """SQLite's plan for the query MLflow's store makes to read one run's history of a metric."""
-    import sqlite3
 
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
@@ -600,8 +550,10 @@ def _metric_history_plan(uri: str, run_id: str) -> str:
 
 
 def test_a_runs_metric_history_is_read_through_its_own_index_as_the_store_grows(
-    tiny_cfg, tracking_uri
+    tiny_cfg, tracking_uri, monkeypatch
 ):
+    """The next process to open a store that has doubled gathers its statistics (a process
+    opens a store once: a sweep's worker runs job after job on it)."""
     from mlflow.entities import Metric
 
     cfg, client = tiny_cfg(), MlflowClient(tracking_uri)
@@ -614,6 +566,9 @@ def test_a_runs_metric_history_is_read_through_its_own_index_as_the_store_grows(
         run_ids.append(run_id)
     # without statistics SQLite takes the index that starts with the key: every run's values
     assert "index_metrics_run_uuid_key_step" not in _metric_history_plan(tracking_uri, run_ids[0])
+    tracking.prepare(cfg)  # the same process: nothing more
+    assert "index_metrics_run_uuid_key_step" not in _metric_history_plan(tracking_uri, run_ids[0])
+    monkeypatch.setattr(tracking, "_PREPARED", {})  # as in the next process
     tracking.prepare(cfg)
     assert "(run_uuid=? AND key=?)" in _metric_history_plan(tracking_uri, run_ids[0])
 
@@ -851,8 +806,7 @@ def test_one_process_imports_mlflow_once_and_opens_the_store_once(tracking_uri, 
 
 CHILD_TRACK = textwrap.dedent(
     """
-    import sys, time
-    from pathlib import Path
+    import sys
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
     import mlflow
@@ -860,15 +814,14 @@ CHILD_TRACK = textwrap.dedent(
     from losslab.app import CONF_DIR
     from losslab.config import validate
 
-    uri, go, index = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    uri, index = sys.argv[1], int(sys.argv[2])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         raw = compose(config_name="config", overrides=[f"seed={index}"])
     with open_dict(raw):
         raw.tracking.uri = uri
     cfg = validate(raw)
-    go.with_name(f"ready-{index}").touch()
-    while not go.exists():  # start all jobs together, after their imports
-        time.sleep(0.01)
+    print("ready", flush=True)
+    sys.stdin.readline()  # start all jobs together, after their imports: the test says when
     tracking.prepare(cfg)
     with tracking.run(cfg, "multirun"):
         for step in range(1, 4):
@@ -881,12 +834,12 @@ CHILD_TRACK = textwrap.dedent(
 def test_concurrent_jobs_on_a_fresh_store(tmp_path):
     db = tmp_path / "fresh" / "mlflow.db"
     uri = f"sqlite:///{db}"
-    go = tmp_path / "go"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD_TRACK, uri, str(go), str(index)],
+            [sys.executable, "-c", CHILD_TRACK, uri, str(index)],
             cwd=tmp_path,
             env=run_env(uri),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -894,20 +847,21 @@ def test_concurrent_jobs_on_a_fresh_store(tmp_path):
         for index in range(4)
     ]
     try:
-        for index, proc in enumerate(procs):
-            wait_for(
-                (tmp_path / f"ready-{index}").exists, timeout=120, what=f"job {index}", proc=proc
-            )
+        for proc in procs:
+            wait_for_line(proc, "ready", timeout=120)
         assert not db.exists()  # every job is ready: the store is made by all of them at once
-        go.touch()
+        for proc in procs:  # the go: each job reads this line and goes on
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
         outputs = [proc.communicate(timeout=180) for proc in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    for proc, (_, stderr) in zip(procs, outputs, strict=True):
+    for index, (proc, (stdout, stderr)) in enumerate(zip(procs, outputs, strict=True)):
         assert proc.returncode == 0, stderr[-3000:]
+        assert f"done {index}" in stdout.splitlines()
     client = MlflowClient(tracking_uri=uri)
     experiments = client.search_experiments(view_type=ViewType.ALL)
     assert sorted(e.name for e in experiments) == ["Default", "losslab"]
