@@ -10,14 +10,12 @@ import csv
 import hashlib
 import json
 import math
-import os
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -702,8 +700,7 @@ def test_an_error_a_sigterm_turned_into_still_ends_the_run_killed(
 
     def swallowing_library() -> None:
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(10)  # not a barrier: the handler raises in it, cutting it short
+            signal.raise_signal(signal.SIGTERM)  # its handler runs before this returns
         except BaseException as error:
             swallowed.append(error)
         raise TypeError("Failed to convert elements of (None,) to Tensor")
@@ -721,6 +718,38 @@ def test_an_error_a_sigterm_turned_into_still_ends_the_run_killed(
     run = MlflowClient(tracking_uri).get_run(run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags["losslab.error"] == "terminated by signal 15"
+
+
+@pytest.fixture
+def python_ctrl_c():
+    """SIGINT handled as Python handles it by default (raising KeyboardInterrupt), whatever the
+    test process had, and losslab's record of it cleared; both put back after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cli, "_CTRL_C", False, raising=False)
+            yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.spawn
+def test_a_ctrl_c_a_library_swallowed_is_raised_again(tiny_cfg, tracking_uri, python_ctrl_c):
+    """Keras's callbacks swallow every exception, KeyboardInterrupt included; the training
+    loop's raise_if_terminated after each epoch raises it again (a swallowed Ctrl-C left the
+    train stage hanging in TensorFlow's next call). The run ends KILLED."""
+    swallowed = []
+    with pytest.raises(KeyboardInterrupt), tracking.run(tiny_cfg(), "cli"):
+        run_id = tracking.active_run_id()
+        try:
+            signal.raise_signal(signal.SIGINT)  # its handler runs before this returns
+        except KeyboardInterrupt as error:  # as Keras's pythonify_logs does with anything
+            swallowed.append(error)
+        cli.raise_if_terminated()
+    assert len(swallowed) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    assert run.info.status == "KILLED"
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class Terminated(BaseException):
 
 
 _TERMINATED_BY: str | None = None  # set once SIGTERM has told this process to stop
+_CTRL_C = False  # set once SIGINT has reached this process within sigterm_as_exception
 INTERRUPTIONS = (KeyboardInterrupt, Terminated)  # the user stopped the command
 
 
@@ -42,29 +43,45 @@ class JobFailed(CompactHydraException):
 def sigterm_as_exception() -> Iterator[None]:
     """SIGTERM raises :class:`Terminated` in the main thread, so that runs end KILLED and the
     command exits through :func:`reported_errors` as on Ctrl-C (Python's default would end the
-    process at once, with no cleanup at all)."""
+    process at once, with no cleanup at all). Ctrl-C still raises Python's KeyboardInterrupt,
+    and is remembered too, for :func:`raise_if_terminated` (where SIGINT is ignored, it stays
+    ignored)."""
 
     def raise_terminated(signum: int, frame: Any) -> None:
         global _TERMINATED_BY
         _TERMINATED_BY = f"terminated by signal {signum}"
         raise Terminated(_TERMINATED_BY)
 
+    def raise_interrupt(signum: int, frame: Any) -> None:
+        global _CTRL_C
+        _CTRL_C = True
+        signal.default_int_handler(signum, frame)
+
     try:
         previous = signal.signal(signal.SIGTERM, raise_terminated)
     except ValueError:  # not the main thread: leave signal handling to the caller
         yield
         return
+    ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ctrl_c:
+        signal.signal(signal.SIGINT, raise_interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if ctrl_c:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def raise_if_terminated() -> None:
-    """Raise :class:`Terminated` again if SIGTERM has arrived: for a loop that calls code which
-    swallows every exception (Keras's ``pythonify_logs`` has a bare ``except``)."""
+    """Raise :class:`Terminated` (or KeyboardInterrupt) again if SIGTERM (or Ctrl-C) has
+    arrived: for a loop that calls code which swallows every exception (Keras's
+    ``pythonify_logs`` has a bare ``except``; a swallowed Ctrl-C left the train stage hanging
+    in TensorFlow's next call)."""
     if _TERMINATED_BY is not None:
         raise Terminated(_TERMINATED_BY)
+    if _CTRL_C:
+        raise KeyboardInterrupt
 
 
 def as_interruption(error: BaseException) -> BaseException:
