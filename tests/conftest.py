@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -287,6 +288,107 @@ def reproduced_clone(tmp_path_factory, worker_id, migrated_store: Path) -> Repro
         outcome = json.loads(made.read_text())
     return Reproduced(
         clone, store, outcome["where"], _completed(outcome["doctor"]), _completed(outcome["repro"])
+    )
+
+
+# what the train stage writes, and what evaluate writes from it; the temporary files they are
+# written through until they are complete
+KEPT = ("model/model.keras", "model/history.csv", "model/train.json", "metrics.json")
+LEFTOVER = re.compile(r"^\.(model\.keras|history\.csv|train\.json|metrics\.json)\.")
+
+
+@dataclass
+class Interruption:
+    """One ``losslab-stage train`` stopped by a signal once its first epoch was done."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    run: object  # its MLflow run (the one its pid holds), as the signal left it
+    changed: list[str]  # the outputs of the earlier repro whose bytes changed
+    leftovers: list[str]  # temporary files left beside them
+
+
+@dataclass
+class Edited:
+    """A copy of the reproduced clone taken through what a user does next: ``dvc status`` and
+    a ``dvc repro`` with nothing to do; a new learning rate, and the train stage (endless
+    epochs) stopped by SIGINT, then by SIGTERM, once its first epoch was done; ``dvc repro``
+    with the epochs put back, which reruns train, evaluate and plot; ``dvc status`` again."""
+
+    clone: Path
+    uri: str
+    before: set[str]  # the ids of the runs in the store before
+    lock_before: bytes
+    status: subprocess.CompletedProcess
+    noop: subprocess.CompletedProcess
+    lock_after_noop: bytes
+    learning_rate: float  # the new one
+    interrupted: dict[str, Interruption]  # by the signal's name
+    repro: subprocess.CompletedProcess
+    status_after: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def edited_clone(reproduced_clone: Reproduced, tmp_path_factory) -> Edited:
+    """Made once per worker: its tests (in test_pipeline.py and test_faults.py) are all in the
+    xdist group ``edited_clone``, so that one worker runs them all."""
+    clone, uri = reproduced_clone.copy(tmp_path_factory.mktemp("edited"))
+    env = own_code(clone)
+    dvc = str(BIN / "dvc")
+    kept = {relative: (clone / relative).read_bytes() for relative in KEPT}
+    before = {r.info.run_id for r in all_runs(uri)}
+    lock_before = (clone / "dvc.lock").read_bytes()
+    status = run_command([dvc, "status"], clone, uri, **env)
+    noop = run_command([dvc, "repro"], clone, uri, **env)
+    lock_after_noop = (clone / "dvc.lock").read_bytes()
+
+    params = clone / "params.yaml"
+    committed = OmegaConf.load(params)
+    learning_rate = committed.optimizer.learning_rate * 1.5
+    endless = {"trainer.epochs": 100000, "trainer.verbose": 2}  # verbose 2: a line per epoch
+    set_params(params, **{"optimizer.learning_rate": learning_rate, **endless})
+    interrupted = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # the stage itself, not dvc, so the signal reaches the losslab process
+        proc = subprocess.Popen(
+            [str(BIN / "losslab-stage"), "train"],
+            cwd=clone,
+            env={**run_env(uri), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for_line(proc, "Epoch ", timeout=180)
+            proc.send_signal(signum)
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        (run,) = [r for r in all_runs(uri) if r.data.tags.get("losslab.pid") == str(proc.pid)]
+        changed = [name for name, content in kept.items() if (clone / name).read_bytes() != content]
+        files = [p.name for folder in (clone, clone / "model") for p in folder.iterdir()]
+        leftovers = [name for name in files if LEFTOVER.match(name)]
+        interrupted[signum.name] = Interruption(
+            proc.returncode, stdout, stderr, run, changed, leftovers
+        )
+    set_params(params, **{key: OmegaConf.select(committed, key) for key in endless})
+    repro = run_command([dvc, "repro"], clone, uri, **env)
+    status_after = run_command([dvc, "status"], clone, uri, **env)
+    return Edited(
+        clone,
+        uri,
+        before,
+        lock_before,
+        status,
+        noop,
+        lock_after_noop,
+        learning_rate,
+        interrupted,
+        repro,
+        status_after,
     )
 
 

@@ -27,14 +27,13 @@ import pytest
 import yaml
 from conftest import (
     REPO_ROOT,
+    Edited,
     Reproduced,
     all_runs,
     file_md5,
-    own_code,
     run_command,
     run_env,
     runs_of_model,
-    set_params,
     wait_for,
     wait_for_line,
 )
@@ -50,9 +49,6 @@ LOSSLAB_DOCTOR = str(BIN / "losslab-doctor")
 LOSSLAB_RERUN = str(BIN / "losslab-rerun")
 MLFLOW = str(BIN / "mlflow")
 TINY = ("trainer.epochs=2", "dataset.n_samples=200", "dataset.n_test=100", "trainer.verbose=0")
-# what the train stage writes, and what evaluate writes from it
-KEPT = ("model/model.keras", "model/history.csv", "model/train.json", "metrics.json")
-LEFTOVER = re.compile(r"^\.(model\.keras|history\.csv|train\.json|metrics\.json)\.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,12 +88,6 @@ def start(cmd: list[str], cwd: Path, uri: str, **env: str) -> subprocess.Popen:
     )
 
 
-def run_of_process(uri: str, proc: subprocess.Popen):
-    """The run that ``proc`` holds (its ``losslab.pid`` tag)."""
-    (found,) = [r for r in all_runs(uri) if r.data.tags.get("losslab.pid") == str(proc.pid)]
-    return found
-
-
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -110,93 +100,16 @@ def stop(proc: subprocess.Popen) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Interruption:
-    """One ``losslab-stage train`` stopped by a signal once its first epoch was done."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    run: object  # its MLflow run, as the signal left it
-    changed: list[str]  # the outputs of the earlier repro whose bytes changed
-    leftovers: list[str]  # temporary files left beside them
-
-
-@dataclass
-class Interrupted:
-    """A copy of the reproduced clone: the train stage stopped by SIGINT, then by SIGTERM,
-    with a new learning rate and endless epochs; then dvc repro with the epochs put back."""
-
-    clone: Path
-    uri: str
-    learning_rate: float
-    before: set[str]  # the runs in the store before
-    by_signal: dict[str, Interruption]
-    recovery: subprocess.CompletedProcess
-    status: subprocess.CompletedProcess
-
-
-@pytest.fixture(scope="module")
-def interrupted(reproduced_clone: Reproduced, tmp_path_factory) -> Interrupted:
-    clone, uri = reproduced_clone.copy(tmp_path_factory.mktemp("signals"))
-    env = own_code(clone)
-    kept = {relative: (clone / relative).read_bytes() for relative in KEPT}
-    before = {r.info.run_id for r in all_runs(uri)}
-    params = clone / "params.yaml"
-    committed = OmegaConf.load(params)
-    learning_rate = committed.optimizer.learning_rate * 1.5
-    set_params(
-        params,
-        **{
-            "optimizer.learning_rate": learning_rate,
-            "trainer.epochs": 100000,
-            "trainer.verbose": 2,  # a line per epoch: the signal comes once the first is done
-        },
-    )
-    by_signal = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # the stage itself, not dvc, so the signal reaches the losslab process
-        proc = start([LOSSLAB_STAGE, "train"], clone, uri, **env)
-        try:
-            wait_for_line(proc, "Epoch ", timeout=180)
-            proc.send_signal(signum)
-            stdout, stderr = proc.communicate(timeout=60)
-        finally:
-            stop(proc)
-        leftovers = [p.name for folder in (clone, clone / "model") for p in folder.iterdir()]
-        by_signal[signum.name] = Interruption(
-            proc.returncode,
-            stdout,
-            stderr,
-            run_of_process(uri, proc),
-            [
-                relative
-                for relative, content in kept.items()
-                if (clone / relative).read_bytes() != content
-            ],
-            [name for name in leftovers if LEFTOVER.match(name)],
-        )
-    set_params(
-        params,
-        **{
-            "trainer.epochs": committed.trainer.epochs,
-            "trainer.verbose": committed.trainer.verbose,
-        },
-    )
-    recovery = run_command([DVC, "repro"], clone, uri, **env)
-    status = run_command([DVC, "status"], clone, uri, **env)
-    return Interrupted(clone, uri, learning_rate, before, by_signal, recovery, status)
-
-
-@pytest.mark.xdist_group("signals")  # the module fixture, made once
+@pytest.mark.xdist_group("edited_clone")  # conftest's fixture, made once
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
-def test_signal_during_training_keeps_outputs_and_repro_recovers(interrupted, signum):
-    stopped = interrupted.by_signal[signum]
+def test_signal_during_training_keeps_outputs_and_repro_recovers(edited_clone: Edited, signum):
+    edited = edited_clone
+    stopped = edited.interrupted[signum]
     assert stopped.returncode == 130, f"exit {stopped.returncode}\n{stopped.stderr[-3000:]}"
     assert "Traceback" not in stopped.stdout + stopped.stderr, stopped.stderr[-3000:]
     assert "losslab-stage train: interrupted" in stopped.stderr
     killed = stopped.run
-    assert killed.info.run_id not in interrupted.before
+    assert killed.info.run_id not in edited.before
     assert killed.info.status == "KILLED"
     assert killed.info.end_time is not None
     assert killed.data.tags["losslab.error"]
@@ -204,20 +117,19 @@ def test_signal_during_training_keeps_outputs_and_repro_recovers(interrupted, si
     assert stopped.leftovers == []
 
     # the next dvc repro recovers: one new run, of the model it trained
-    recovery, uri = interrupted.recovery, interrupted.uri
-    assert recovery.returncode == 0, output(recovery)
-    assert "Running stage 'train'" in recovery.stdout
-    interruptions = {i.run.info.run_id for i in interrupted.by_signal.values()}
-    (recovered,) = runs_of_model(uri, file_md5(interrupted.clone / "model" / "model.keras"))
-    assert recovered.info.run_id not in interrupted.before | interruptions
+    repro, uri = edited.repro, edited.uri
+    assert repro.returncode == 0, output(repro)
+    assert "Running stage 'train'" in repro.stdout
+    interruptions = {i.run.info.run_id for i in edited.interrupted.values()}
+    (recovered,) = runs_of_model(uri, file_md5(edited.clone / "model" / "model.keras"))
+    assert recovered.info.run_id not in edited.before | interruptions
     assert recovered.info.status == "FINISHED"
-    assert recovered.data.params["optimizer.learning_rate"] == str(interrupted.learning_rate)
-    metrics = json.loads((interrupted.clone / "metrics.json").read_text())
+    assert recovered.data.params["optimizer.learning_rate"] == str(edited.learning_rate)
+    metrics = json.loads((edited.clone / "metrics.json").read_text())
     assert recovered.data.metrics["test_loss"] == pytest.approx(metrics["test"]["loss"])
     assert running(uri) == []
-    assert "Data and pipelines are up to date" in interrupted.status.stdout, output(
-        interrupted.status
-    )
+    status = edited.status_after
+    assert "Data and pipelines are up to date" in status.stdout, output(status)
 
 
 def left_in_session(session: int) -> list[int]:
@@ -474,22 +386,29 @@ def test_dvc_repro_losslab_and_mlflow_run_give_identical_results(
     reproduced_clone: Reproduced, tmp_path, compose_raw
 ):
     """The reproduced clone's pipeline (the committed params), then ``losslab`` and
-    ``mlflow run`` with the same config (the default composition, which params.yaml is), each
-    into the same store: the same model, history and metrics, byte for byte."""
+    ``mlflow run`` with the same config, each into the same store: the same model, history and
+    metrics, byte for byte. The two commands are given ``experiment=circles_bce``, the preset
+    that is the default config under a name: the override reaches the app through each of them
+    (the runs' preset), and changes nothing the results depend on."""
     clone = reproduced_clone.clone
     assert reproduced_clone.repro.returncode == 0, output(reproduced_clone.repro)
     committed = OmegaConf.to_container(OmegaConf.load(clone / "params.yaml"))
     assert committed == OmegaConf.to_container(compose_raw()), "params.yaml: run `make params`"
+    preset = "circles_bce"
+    composed = OmegaConf.to_container(compose_raw(f"experiment={preset}"))
+    assert {**composed, "preset": committed["preset"]} == committed, f"{preset} changed"
     _, uri = reproduced_clone.copy(tmp_path / "copy")  # the store, with the dvc repro's run
 
     app_dir = tmp_path / "app"
-    by_app = run_command([LOSSLAB, f"hydra.run.dir={app_dir}"], tmp_path, uri)
+    by_app = run_command(
+        [LOSSLAB, f"experiment={preset}", f"hydra.run.dir={app_dir}"], tmp_path, uri
+    )
     assert by_app.returncode == 0, output(by_app)
 
     mlflow_dir = tmp_path / "mlflow-run"
     by_mlflow = run_command(
         [MLFLOW, "run", ".", "--env-manager", "local", "--experiment-name", "losslab"]
-        + ["-P", f"overrides=hydra.run.dir={mlflow_dir}"],
+        + ["-P", f"overrides=experiment={preset} hydra.run.dir={mlflow_dir}"],
         REPO_ROOT,
         uri,
     )
@@ -503,16 +422,21 @@ def test_dvc_repro_losslab_and_mlflow_run_give_identical_results(
     epochs = compose_raw().trainer.epochs
     assert (clone / "model" / "history.csv").read_bytes().count(b"\n") == epochs + 1
 
-    runs = all_runs(uri)
-    assert sorted(r.data.tags["losslab.entry_point"] for r in runs) == sorted(roots)
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    runs = {r.data.tags["losslab.entry_point"]: r for r in all_runs(uri)}
+    assert sorted(runs) == sorted(roots)
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
     md5 = file_md5(clone / "model" / "model.keras")
-    assert {r.data.tags["losslab.model_md5"] for r in runs} == {md5}
+    assert {r.data.tags["losslab.model_md5"] for r in runs.values()} == {md5}
     metrics = json.loads((clone / "metrics.json").read_text())
     expected = {f"test_{name}": value for name, value in metrics["test"].items()}
-    for run in runs:
+    for entry, run in runs.items():
         finals = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
-        assert finals == expected, run.data.tags["losslab.entry_point"]
+        assert finals == expected, entry
+    for entry in ("cli", "mlflow-run"):
+        assert runs[entry].data.tags["losslab.preset"] == preset, entry
+        assert runs[entry].data.params["preset"] == preset, entry
+        assert runs[entry].data.params["loss.name"] == "bce", entry
+    assert runs["dvc"].data.params["preset"] == "None"
 
 
 # --------------------------------------------------------------------------------------------

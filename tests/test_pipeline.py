@@ -12,17 +12,16 @@ import math
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import (
     REPO_ROOT,
+    Edited,
     Reproduced,
     all_runs,
     file_md5,
-    own_code,
     run_command,
     run_env,
     runs_of_model,
@@ -101,14 +100,15 @@ def test_dvc_repro_writes_every_output(reproduced_clone: Reproduced) -> None:
         assert 0.0 <= metrics[split]["accuracy"] <= 1.0
 
 
-@pytest.mark.xdist_group("changed")  # the module fixture, made once
+@pytest.mark.xdist_group("edited_clone")  # conftest's fixture, made once
 def test_dvc_repro_in_a_clone_leaves_git_clean_and_dvc_lock_as_committed(
-    reproduced_clone: Reproduced, changed: Changed
+    reproduced_clone: Reproduced, edited_clone: Edited
 ) -> None:
     """Every output DVC hashes has the same bytes in every clone: after the first dvc repro
     (every stage run, as make run runs them) git sees nothing changed (dvc.lock, metrics.json
-    and history.csv included) and dvc status finds the pipeline up to date. Equal to the
-    committed dvc.lock, two clones' dvc.lock files are equal to each other."""
+    and history.csv included) and dvc status finds the pipeline up to date (in a copy of the
+    clone). Equal to the committed dvc.lock, two clones' dvc.lock files are equal to each
+    other."""
     clone = reproduced_clone.clone
     assert reproduced_clone.repro.returncode == 0, output(reproduced_clone.repro)
     status = subprocess.run(
@@ -123,63 +123,37 @@ def test_dvc_repro_in_a_clone_leaves_git_clean_and_dvc_lock_as_committed(
         ["git", "show", "HEAD:dvc.lock"], cwd=clone, capture_output=True, check=True
     ).stdout
     assert (clone / "dvc.lock").read_bytes() == committed
-    assert changed.status.returncode == 0, output(changed.status)
-    assert "Data and pipelines are up to date" in changed.status.stdout, output(changed.status)
+    shown = edited_clone.status
+    assert shown.returncode == 0, output(shown)
+    assert "Data and pipelines are up to date" in shown.stdout, output(shown)
 
 
-@dataclass
-class Changed:
-    """A copy of the reproduced clone: dvc status, a dvc repro with nothing to do, then one
-    after the learning rate doubled."""
-
-    clone: Path
-    uri: str
-    status: subprocess.CompletedProcess
-    noop: subprocess.CompletedProcess
-    lock_before: bytes
-    lock_after_noop: bytes
-    changed: subprocess.CompletedProcess
-
-
-@pytest.fixture(scope="module")
-def changed(reproduced_clone: Reproduced, tmp_path_factory: pytest.TempPathFactory) -> Changed:
-    clone, uri = reproduced_clone.copy(tmp_path_factory.mktemp("changed"))
-    env = own_code(clone)
-    lock_before = (clone / "dvc.lock").read_bytes()
-    status = run_command([DVC, "status"], clone, uri, **env)
-    noop = run_command([DVC, "repro"], clone, uri, **env)
-    lock_after_noop = (clone / "dvc.lock").read_bytes()
-    rate = OmegaConf.load(clone / "params.yaml").optimizer.learning_rate
-    set_params(clone / "params.yaml", **{"optimizer.learning_rate": rate * 2})
-    repro = run_command([DVC, "repro"], clone, uri, **env)
-    return Changed(clone, uri, status, noop, lock_before, lock_after_noop, repro)
-
-
-@pytest.mark.xdist_group("changed")  # the module fixture, made once
+@pytest.mark.xdist_group("edited_clone")
 def test_dvc_repro_is_a_noop_then_reruns_only_downstream_of_a_changed_param(
-    changed: Changed,
+    edited_clone: Edited,
 ) -> None:
-    text = output(changed.noop)
-    assert changed.noop.returncode == 0, text
+    edited = edited_clone
+    text = output(edited.noop)
+    assert edited.noop.returncode == 0, text
     assert "Running stage" not in text
     assert "Data and pipelines are up to date" in text
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change" in text
-    assert changed.lock_after_noop == changed.lock_before
+    assert edited.lock_after_noop == edited.lock_before
 
-    text = output(changed.changed)
-    assert changed.changed.returncode == 0, text
+    text = output(edited.repro)  # after a new learning rate
+    assert edited.repro.returncode == 0, text
     assert "Running stage 'generate'" not in text
     assert "Stage 'generate' didn't change" in text
     for stage in ("train", "evaluate", "plot"):
         assert f"Running stage '{stage}'" in text
-    assert (changed.clone / "dvc.lock").read_bytes() != changed.lock_before
+    assert (edited.clone / "dvc.lock").read_bytes() != edited.lock_before
 
-    shown = run_command([DVC, "metrics", "show", "--json"], changed.clone, changed.uri)
+    shown = run_command([DVC, "metrics", "show", "--json"], edited.clone, edited.uri)
     assert shown.returncode == 0, output(shown)
     by_file = json.loads(shown.stdout)
     dvc_metrics = next(iter(by_file.values()))["data"]["metrics.json"]["data"]
-    assert dvc_metrics == json.loads((changed.clone / "metrics.json").read_text())
+    assert dvc_metrics == json.loads((edited.clone / "metrics.json").read_text())
     assert set(dvc_metrics) == {"train", "test"}
 
 
@@ -227,9 +201,9 @@ def assert_run_of_the_pipeline(run, uri: str, clone: Path) -> None:
             assert logged == pytest.approx(metrics[split][name], rel=1e-6), (split, name)
 
 
-@pytest.mark.xdist_group("changed")  # the module fixture, made once
+@pytest.mark.xdist_group("edited_clone")
 def test_dvc_repro_makes_exactly_one_mlflow_run(
-    reproduced_clone: Reproduced, changed: Changed
+    reproduced_clone: Reproduced, edited_clone: Edited
 ) -> None:
     """One run per dvc repro, found by the model's hash: the stages after train add to it."""
     assert reproduced_clone.repro.returncode == 0, output(reproduced_clone.repro)
@@ -238,11 +212,13 @@ def test_dvc_repro_makes_exactly_one_mlflow_run(
     md5 = file_md5(reproduced_clone.clone / "model" / "model.keras")
     assert [r.info.run_id for r in runs_of_model(reproduced_clone.uri, md5)] == [first.info.run_id]
 
-    assert changed.changed.returncode == 0, output(changed.changed)
-    runs = all_runs(changed.uri)  # the copied store: the first repro's run, and the second's
-    (new,) = [r for r in runs if r.info.run_id != first.info.run_id]
-    assert len(runs) == 2
-    assert_run_of_the_pipeline(new, changed.uri, changed.clone)
+    # the copied store: the first repro's run, the interrupted trainings', the second repro's
+    edited = edited_clone
+    assert edited.repro.returncode == 0, output(edited.repro)
+    assert edited.before == {first.info.run_id}
+    stopped = {i.run.info.run_id for i in edited.interrupted.values()}
+    (new,) = [r for r in all_runs(edited.uri) if r.info.run_id not in edited.before | stopped]
+    assert_run_of_the_pipeline(new, edited.uri, edited.clone)
     assert new.data.tags["losslab.model_md5"] != md5
 
 

@@ -36,7 +36,7 @@ from conftest import (
     wait_for,
     wait_for_line,
 )
-from mlflow.entities import LoggedModelStatus, Param, RunStatus, ViewType
+from mlflow.entities import LoggedModelStatus, Param, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -46,7 +46,6 @@ from losslab.config import as_plain, validate
 BIN = Path(sys.executable).parent
 SRC = REPO_ROOT / "src"
 LOSSLAB = str(BIN / "losslab")
-MLFLOW = str(BIN / "mlflow")
 EPOCHS = 4
 PER_EPOCH = ("loss", "val_loss", "accuracy", "val_accuracy")
 ARTIFACTS = {
@@ -1008,37 +1007,10 @@ def test_app_run_against_a_tracking_server(tracking_server, compose_raw, monkeyp
 
 
 # --------------------------------------------------------------------------------------------
-# 8. `mlflow run` on the MLproject
+# 8. `mlflow run` on the MLproject: test_faults.py::
+#    test_dvc_repro_losslab_and_mlflow_run_give_identical_results (its run's entry point,
+#    preset, params and metrics, beside those of dvc repro and losslab).
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.spawn
-def test_mlflow_run_of_the_project(tiny_cfg, tracking_uri, tmp_path):
-    # Made here, the experiment keeps its artifacts in the temp store rather than in the repo.
-    tracking.prepare(tiny_cfg())
-    overrides = (
-        "experiment=blobs_kld trainer.epochs=2 trainer.verbose=0 dataset.n_samples=200 "
-        f"dataset.n_test=100 hydra.run.dir={tmp_path / 'mr'}"
-    )
-    done = subprocess.run(
-        [MLFLOW, "run", ".", "--env-manager", "local", "--experiment-name", "losslab"]
-        + ["-P", f"overrides={overrides}"],
-        cwd=REPO_ROOT,
-        env=run_env(tracking_uri),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    (run,) = all_runs(tracking_uri)
-    assert run.info.status == RunStatus.to_string(RunStatus.FINISHED)
-    assert run.data.tags["losslab.entry_point"] == "mlflow-run"
-    assert run.data.tags["losslab.preset"] == "blobs_kld"
-    assert run.data.params["loss.name"] == "kld"
-    assert run.data.params["trainer.epochs"] == "2"
-    assert run.data.params["dataset.n_samples"] == "200"
-    written = json.loads((tmp_path / "mr" / "metrics.json").read_text())
-    assert run.data.metrics["test_accuracy"] == pytest.approx(written["test"]["accuracy"])
 
 
 # --------------------------------------------------------------------------------------------
