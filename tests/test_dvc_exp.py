@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Reproduced, all_runs, own_code, run_env
+from conftest import all_runs, clone_repo, own_code, run_env
 from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.xdist_group("dvc_exp")  # one worker makes the experiments, once
@@ -23,8 +23,8 @@ OVERRIDES = ("experiment=blobs_kld", "loss=cce", "trainer.epochs=2", "trainer.ve
 
 @dataclass
 class Experiments:
-    """Two experiments with the same overrides in a copy of the reproduced clone: the second
-    forced (-f), so that its stages run again rather than being restored from DVC's run cache."""
+    """Two experiments with the same overrides in a clone: the second forced (-f), so that its
+    stages run again rather than being restored from DVC's run cache."""
 
     clone: Path
     uri: str
@@ -43,10 +43,9 @@ def exp_name(done: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def experiments(
-    reproduced_clone: Reproduced, tmp_path_factory: pytest.TempPathFactory
-) -> Experiments:
-    clone, uri = reproduced_clone.copy(tmp_path_factory.mktemp("dvc_exp"))
+def experiments(tmp_path_factory: pytest.TempPathFactory, empty_store) -> Experiments:
+    root = tmp_path_factory.mktemp("dvc_exp")
+    clone, uri = clone_repo(root / "clone"), empty_store(root)
     for key, value in (("user.name", "losslab tests"), ("user.email", "tests@losslab.invalid")):
         subprocess.run(["git", "config", key, value], cwd=clone, check=True)
 

@@ -198,7 +198,7 @@ def test_sweep_on_a_ray_cluster_logs_every_job_to_the_server(
             f"hydra.launcher.ray.init.address={ray_cluster}",
             FOUR_JOBS,
             *TINY,
-            env=ray_env,
+            env={**ray_env, "RAY_DEDUP_LOGS": "0"},  # each worker's lines with its own pid
         )
         assert done.returncode == 0, output(done)
         children = assert_sweep_finished(url, 4)
