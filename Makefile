@@ -31,7 +31,7 @@ run: $(STAMP)
 	dvc metrics show
 	@echo
 	@echo "metrics: metrics.json   (dvc metrics show)"
-	@echo "plots:   plots/          (learning_curves.png, dataset.png, decision_boundary.png)"
+	@echo "plots:   plots/          (learning_curves.png, dataset.png, decision_boundary.png, reliability.png)"
 	@echo "runs:    mlflow.db        (make ui, then http://127.0.0.1:5000)"
 
 TEST_WORKERS ?= 2

@@ -34,12 +34,12 @@ def compiled_training(cfg, repeats: int = 5) -> tuple[float, float, float]:
     validation loss)."""
     keras.utils.set_random_seed(cfg.seed)
     data = make_dataset(cfg.dataset)
-    spec = losses.get(cfg.loss.name)
+    spec = losses.of(cfg.loss)
     (x, y), (x_val, y_val) = (tuple(map(tf.constant, pair)) for pair in training_arrays(cfg, data))
     model = build_model(cfg.model, data.n_features, spec, data.n_classes)
     optimizer = build_optimizer(cfg.optimizer)
     optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.get(spec.keras_name)
+    loss_fn = losses.build(cfg.loss)
     rows, batch, epochs = int(x.shape[0]), cfg.trainer.batch_size, cfg.trainer.epochs
     steps = math.ceil(rows / batch)
 

@@ -33,7 +33,7 @@ def main(config_path: str, result_path: str) -> None:
     with open(config_path) as handle:
         cfg = validate(OmegaConf.create(json.load(handle)))
     data = make_dataset(cfg.dataset)
-    spec = losses.get(cfg.loss.name)
+    spec = losses.of(cfg.loss)
     trainy = losses.encode_targets(spec, data.y_train, data.n_classes)
     testy = losses.encode_targets(spec, data.y_test, data.n_classes)
     classification = spec.task is not losses.Task.REGRESSION
@@ -43,7 +43,7 @@ def main(config_path: str, result_path: str) -> None:
         model.add(keras.layers.Dense(units, activation="relu", kernel_initializer="he_uniform"))
     model.add(keras.layers.Dense(spec.units(data.n_classes), activation=spec.default_activation))
     model.compile(
-        loss=spec.keras_name,
+        loss=losses.build(cfg.loss),  # the class of the name the tutorials pass
         optimizer=build_optimizer(cfg.optimizer),
         metrics=["accuracy"] if classification else ["mse"],
     )

@@ -30,6 +30,11 @@ EXPECTED = {
     "sparse_cce": (M, Encoding.INTEGER, "softmax"),
     "kld": (M, Encoding.ONE_HOT, "softmax"),
     "categorical_hinge": (M, Encoding.ONE_HOT, "softmax"),
+    "focal": (B, Encoding.ZERO_ONE, "sigmoid"),
+    "categorical_focal": (M, Encoding.ONE_HOT, "softmax"),
+    "softmax_mae": (M, Encoding.ONE_HOT, "softmax"),
+    "gce": (M, Encoding.ONE_HOT, "softmax"),
+    "sce": (M, Encoding.ONE_HOT, "softmax"),
 }
 CLASSIFICATION = [name for name, (task, _, _) in EXPECTED.items() if task is not R]
 LOSS_DIR = REPO_ROOT / "conf" / "loss"
@@ -59,10 +64,15 @@ def test_units(name, n_classes):
 
 
 @pytest.mark.parametrize("name", EXPECTED)
-def test_keras_name_is_a_keras_loss(name):
+def test_every_loss_builds_a_keras_loss_with_its_parameters(name):
     import keras
 
-    assert callable(keras.losses.get(losses.get(name).keras_name))
+    spec = losses.get(name)
+    built = losses.build({"name": name})
+    assert isinstance(built, keras.losses.Loss)
+    for parameter in spec.parameters:
+        assert parameter in spec.bounds, f"{name}.{parameter} has no allowed range"
+    assert (LOSS_DIR / f"{name}.yaml").is_file()
 
 
 # --- encode_targets -------------------------------------------------------------------------
@@ -197,7 +207,7 @@ def test_every_loss_yaml_names_a_registered_loss():
     assert yamls
     for stem, name in yamls.items():
         assert name == stem, f"conf/loss/{stem}.yaml names '{name}'"
-        assert name in LOSSES, f"conf/loss/{stem}.yaml names unregistered loss '{name}'"
+        assert name in losses.SCHEMAS, f"conf/loss/{stem}.yaml names unregistered loss '{name}'"
 
 
 def test_every_registered_loss_has_a_yaml():

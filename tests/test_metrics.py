@@ -65,6 +65,11 @@ def test_hinge_losses_report_sign_accuracy(name):
 ACCURACY_CLASS = {
     "bce": keras.metrics.BinaryAccuracy,
     "cce": keras.metrics.CategoricalAccuracy,
+    "categorical_focal": keras.metrics.CategoricalAccuracy,
+    "softmax_mae": keras.metrics.CategoricalAccuracy,
+    "gce": keras.metrics.CategoricalAccuracy,
+    "sce": keras.metrics.CategoricalAccuracy,
+    "focal": keras.metrics.BinaryAccuracy,
     "kld": keras.metrics.CategoricalAccuracy,
     "categorical_hinge": keras.metrics.CategoricalAccuracy,
     "sparse_cce": keras.metrics.SparseCategoricalAccuracy,

@@ -35,7 +35,7 @@ DVC = str(BIN / "dvc")
 LOSSLAB = str(BIN / "losslab")
 LOSSLAB_STAGE = str(BIN / "losslab-stage")
 STAGES = ("generate", "train", "evaluate", "plot")
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "grad_norm", "val_loss", "val_accuracy"]
 PLOTS = ("learning_curves.png", "dataset.png", "decision_boundary.png")
 EPOCHS = 3
 
@@ -95,7 +95,7 @@ def test_dvc_repro_writes_every_output(reproduced_clone: Reproduced) -> None:
     metrics = json.loads((clone / "metrics.json").read_text())
     assert set(metrics) == {"train", "test"}
     for split in ("train", "test"):
-        assert set(metrics[split]) == {"loss", "accuracy"}
+        assert set(metrics[split]) == {"loss", "accuracy"} | ({"ece"} if split == "test" else set())
         assert math.isfinite(metrics[split]["loss"])
         assert 0.0 <= metrics[split]["accuracy"] <= 1.0
 

@@ -419,7 +419,7 @@ def test_csv_end_to_end(compose_raw, tracking_uri, tmp_path):
         out,
         *csv_overrides(path, "loss=sparse_cce", "dataset.name=animals"),
     )
-    assert set(results["test"]) == {"loss", "accuracy"}
+    assert set(results["test"]) == {"loss", "accuracy", "ece"}
     assert 0.0 <= results["test"]["accuracy"] <= 1.0
     meta = json.loads((out / "data" / "dataset.json").read_text())
     assert meta["classes"] == ["cat", "dog", "emu"]

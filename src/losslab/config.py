@@ -18,8 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from losslab import losses
 from losslab.datasets import GENERATORS
-from losslab.losses import LOSSES
+from losslab.losses import CUSTOM, LOSSES, SCHEMAS, TASK_ENCODINGS, Encoding, Task
 from losslab.optimizers import OPTIMIZERS
+from losslab.ranges import FRACTION, Interval
 
 HIDDEN_ACTIVATIONS = (
     "relu",
@@ -67,11 +68,6 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
-    name: str = "bce"
-
-
-@dataclass
 class TrainerConfig:
     epochs: int = 100
     batch_size: int = 32
@@ -93,7 +89,7 @@ class Config:
     preset: str | None = None
     dataset: Any = None
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: Any = None
     optimizer: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -137,23 +133,27 @@ def validate(raw: DictConfig | dict) -> DictConfig:
     raw = OmegaConf.create(raw) if isinstance(raw, dict) else raw
     if "hydra" in raw:
         raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"])
-    for group in ("dataset", "optimizer"):
+    for group in ("dataset", "loss", "optimizer"):
         _check(isinstance(raw.get(group), DictConfig), f"{group}: missing; pick a {group} config")
     generator = _pick(GENERATORS, raw.dataset, "generator", "dataset")
+    loss_schema = _pick(SCHEMAS, raw.loss, "name", "loss")
     optimizer = _pick(OPTIMIZERS, raw.optimizer, "name", "optimizer")
     cfg = _merge(
         Config,
-        OmegaConf.masked_copy(raw, [k for k in raw if k not in ("dataset", "optimizer")]),
+        OmegaConf.masked_copy(raw, [k for k in raw if k not in ("dataset", "loss", "optimizer")]),
         "",
     )
     cfg.dataset = _merge(generator.schema, raw.dataset, "dataset")
+    cfg.loss = _merge(loss_schema, raw.loss, "loss")
     cfg.optimizer = _merge(optimizer.schema, raw.optimizer, "optimizer")
     try:
         OmegaConf.to_container(cfg, throw_on_missing=True)
     except OmegaConfBaseException as error:
         raise ConfigError(f"{error.full_key}: missing a value") from None
     _check_values(cfg)
-    _check_loss_fits(cfg)
+    task = GENERATORS[cfg.dataset.generator].task(cfg.dataset)
+    _check_corruption(cfg.dataset, task)
+    _check_loss_fits(cfg, task)
     _check_optimized_metric(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -200,14 +200,66 @@ def _check_values(cfg: DictConfig) -> None:
     )
 
 
-def _check_loss_fits(cfg: DictConfig) -> None:
-    """Refuse loss/dataset/head combinations that cannot learn, naming all three."""
+def _check_in(value: float, allowed: Interval, key: str, why: str = "") -> None:
+    _check(value in allowed, f"{key}: must be in {allowed}{why}, got {value}")
+
+
+def _check_corruption(data: DictConfig, task: Task) -> None:
+    """Label noise and imbalance need classes, outliers a regression target."""
+    kind = f"dataset '{data.name}' is a {task.value} task"
+    _check_in(data.label_noise, FRACTION, "dataset.label_noise")
+    _check_in(data.outliers, FRACTION, "dataset.outliers")
+    _check_in(data.imbalance, Interval(0, 1, open_low=True), "dataset.imbalance")
+    if task is Task.REGRESSION:
+        _check(
+            data.label_noise == 0,
+            f"dataset.label_noise: flips class labels, but {kind}; use dataset.outliers",
+        )
+        _check(data.imbalance == 1, f"dataset.imbalance: thins out classes, but {kind}")
+    else:
+        _check(
+            data.outliers == 0,
+            f"dataset.outliers: shifts regression targets, but {kind}; use dataset.label_noise",
+        )
+
+
+def _check_custom_loss(loss: DictConfig) -> None:
+    """A custom loss's function must import and be callable; its contract must be one the
+    registry could state."""
+    tasks, encodings = [t.value for t in Task], [e.value for e in Encoding]
     _check(
-        cfg.loss.name in LOSSES,
-        f"loss.name: '{cfg.loss.name}' is not known; choose one of: {', '.join(LOSSES)}",
+        loss.task in tasks,
+        f"loss.task: '{loss.task}' is not known; choose one of: {', '.join(tasks)}",
     )
-    spec = losses.get(cfg.loss.name)
-    task = GENERATORS[cfg.dataset.generator].task(cfg.dataset)
+    _check(
+        loss.targets in encodings,
+        f"loss.targets: '{loss.targets}' is not known; choose one of: {', '.join(encodings)}",
+    )
+    fitting = [e.value for e in TASK_ENCODINGS[Task(loss.task)]]
+    _check(
+        loss.targets in fitting,
+        f"loss.targets: '{loss.targets}' does not fit loss.task '{loss.task}'; "
+        f"choose one of: {', '.join(fitting)}",
+    )
+    _check(
+        loss.activation is None or loss.activation in OUTPUT_ACTIVATIONS,
+        f"loss.activation: '{loss.activation}' is not known; choose one of: "
+        f"{', '.join(OUTPUT_ACTIVATIONS)} (or null for the targets' usual head)",
+    )
+    try:
+        losses.import_function(loss.function)
+    except ValueError as error:
+        raise ConfigError(f"loss.function: {error}") from None
+
+
+def _check_loss_fits(cfg: DictConfig, task: Task) -> None:
+    """Refuse loss parameters out of range, and loss/dataset/head combinations that cannot
+    learn, naming all three."""
+    if cfg.loss.name == CUSTOM:
+        _check_custom_loss(cfg.loss)
+    spec = losses.of(cfg.loss)
+    for key, allowed in spec.bounds.items():
+        _check_in(cfg.loss[key], allowed, f"loss.{key}", f" for loss '{spec.name}'")
     if not spec.accepts(task):
         fitting = [name for name, other in LOSSES.items() if other.accepts(task)]
         raise ConfigError(
@@ -218,7 +270,7 @@ def _check_loss_fits(cfg: DictConfig) -> None:
     if forced is not None and forced not in spec.activations:
         raise ConfigError(
             f"model.output_activation: '{forced}' contradicts loss '{spec.name}' on dataset "
-            f"'{cfg.dataset.name}' ({spec.encoding.value} targets); allowed: "
+            f"'{cfg.dataset.name}' ({spec.encoding.notation} targets); allowed: "
             f"{', '.join(spec.activations)} (or null for {spec.default_activation})"
         )
 
@@ -245,7 +297,7 @@ def as_plain(cfg: DictConfig) -> dict[str, Any]:
 def _check_optimized_metric(cfg: DictConfig) -> None:
     if cfg.optimized_metric is None:
         return
-    names = ("loss", *losses.get(cfg.loss.name).metrics)
+    names = ("loss", *losses.of(cfg.loss).metrics)
     allowed = [f"{split}.{name}" for split in ("validation", "test", "train") for name in names]
     _check(
         cfg.optimized_metric in allowed,

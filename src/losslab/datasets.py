@@ -33,6 +33,10 @@ class DatasetParams:
     random_state: int = 1  # the generator's seed, or for real data the split's
     standardize: bool = False
     success_accuracy: float | None = None  # test accuracy that counts as solved, for reports
+    # corruptions of the training split only, seeded by random_state; the test split stays clean
+    label_noise: float = 0.0  # classification: share of labels replaced by another class
+    outliers: float = 0.0  # regression: share of targets shifted by OUTLIER_SHIFT std
+    imbalance: float = 1.0  # classification: share of rows kept in every class but the largest
 
 
 @dataclass
@@ -276,6 +280,15 @@ GENERATORS: dict[str, Generator] = {
 }
 
 
+def corrupted_name(task: Task) -> str:
+    """The corruption mask's name in dataset.npz: ``outlier_train`` or ``noisy_train``."""
+    return "outlier_train" if task is Task.REGRESSION else "noisy_train"
+
+
+OUTLIER_SHIFT = 10.0
+"""How far an outlier's target moves, in standard deviations of the training targets."""
+
+
 @dataclass
 class Dataset:
     """A split dataset; ``y_*`` are floats (regression) or indices into ``classes``.
@@ -283,6 +296,7 @@ class Dataset:
     ``classes`` are the original labels as text (empty for regression), the mapping a user
     needs to read predictions; ``target_scale`` is the mean and std that standardized regression
     targets (None when they were not), so errors can be reported in the data's units.
+    ``corrupted`` marks the training rows whose label was flipped or target shifted.
     """
 
     x_train: np.ndarray
@@ -292,6 +306,11 @@ class Dataset:
     task: Task
     classes: list[str]
     target_scale: dict[str, float] | None
+    corrupted: np.ndarray
+
+    @property
+    def corrupted_name(self) -> str:
+        return corrupted_name(self.task)
 
     @property
     def n_features(self) -> int:
@@ -307,6 +326,7 @@ class Dataset:
             "y_train": self.y_train,
             "x_test": self.x_test,
             "y_test": self.y_test,
+            self.corrupted_name: self.corrupted,
         }
 
     def content_hash(self) -> str:
@@ -350,8 +370,47 @@ def _random_split(x: np.ndarray, y: np.ndarray, task: Task, p: RealParams) -> li
     )
 
 
+def _imbalanced(x: np.ndarray, y: np.ndarray, p: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Keep a share ``p.imbalance`` (at least one row) of every class but the largest, rows
+    drawn at random and left in their order."""
+    if p.imbalance == 1:
+        return x, y
+    rng = np.random.default_rng([p.random_state, 1])
+    counts = np.bincount(y)
+    keep = np.ones(len(y), dtype=bool)
+    for label in np.flatnonzero(counts):
+        if label == counts.argmax():
+            continue
+        rows = np.flatnonzero(y == label)
+        dropped = rng.choice(rows, len(rows) - max(1, round(p.imbalance * len(rows))), False)
+        keep[dropped] = False
+    return x[keep], y[keep]
+
+
+def _corrupted(y: np.ndarray, task: Task, n_classes: int, p: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Training targets with a share of rows corrupted, and the mask of those rows: labels
+    replaced by another class drawn uniformly (symmetric noise), or regression targets shifted
+    by OUTLIER_SHIFT standard deviations with a random sign."""
+    share = p.outliers if task is Task.REGRESSION else p.label_noise
+    rng = np.random.default_rng([p.random_state, 2])
+    mask = np.zeros(len(y), dtype=bool)
+    count = min(round(share * len(y)), len(y) - 1)  # a share below 1 leaves a row intact
+    mask[rng.choice(len(y), count, replace=False)] = True
+    y = y.copy()
+    if task is Task.REGRESSION:
+        sign = rng.choice([-1.0, 1.0], mask.sum())
+        y[mask] += (sign * OUTLIER_SHIFT * y.std()).astype(y.dtype)
+    else:
+        y[mask] = (y[mask] + rng.integers(1, n_classes, mask.sum())) % n_classes
+    return y, mask
+
+
 def make_dataset(params: Any) -> Dataset:
-    """Make, split and preprocess the dataset described by validated ``params``."""
+    """Make, split and preprocess the dataset described by validated ``params``.
+
+    Imbalance thins the training split before standardization (the data a user would have);
+    label noise and outliers corrupt the targets the loss sees after it, so the scale, and the
+    test metric's units, do not move with the level of corruption."""
     generator = GENERATORS[params.generator]
     x, y = generator.make(params)
     task = generator.task(params)
@@ -364,12 +423,15 @@ def make_dataset(params: Any) -> Dataset:
         y = y.astype("int64")
     split = _random_split if issubclass(generator.schema, RealParams) else _positional_split
     x_train, x_test, y_train, y_test = split(x.astype("float32"), y, task, params)
+    if task is not Task.REGRESSION:
+        x_train, y_train = _imbalanced(x_train, y_train, params)
     target_scale = None
     if params.standardize:
         x_train, x_test, _ = _standardize(x_train, x_test)
         if task is Task.REGRESSION:
             y_train, y_test, scale = _standardize(y_train, y_test)
             target_scale = {key: float(value) for key, value in scale.items()}
+    y_train, corrupted = _corrupted(y_train, task, len(classes), params)
     return Dataset(
         x_train.astype("float32"),
         y_train,
@@ -378,4 +440,5 @@ def make_dataset(params: Any) -> Dataset:
         task,
         classes,
         target_scale,
+        corrupted,
     )

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from losslab import losses  # noqa: E402
 from losslab.datasets import Dataset  # noqa: E402
+from losslab.diagnostics import Calibration  # noqa: E402
 from losslab.losses import Task  # noqa: E402
 from losslab.storage import atomic_path  # noqa: E402
 
@@ -41,19 +42,29 @@ def spans_decades(values: np.ndarray) -> bool:
     return finite.size == values.size and finite.size > 0 and finite.max() / finite.min() > 100
 
 
+LABEL_FIT = ("clean_fit", "noisy_fit")  # the memorization curves share one panel
+
+
 def learning_curves(history: dict[str, list[float]], title: str, target: Path) -> Path:
-    """Loss and each metric per epoch, train vs validation; log scale where values span decades."""
+    """Loss and each metric per epoch, train vs validation, the gradient norm, and the share of
+    clean and of noisy training labels fitted; log scale where values span decades."""
     names = sorted((k for k in history if not k.startswith("val_")), key=lambda k: k != "loss")
-    figure, axes = subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
-    for axis, name in zip(axes[0], names, strict=True):
-        epochs = np.arange(1, len(history[name]) + 1)
-        values = np.asarray(history[name] + history.get(f"val_{name}", []))
-        axis.plot(epochs, history[name], label="train")
-        if f"val_{name}" in history:
-            axis.plot(epochs, history[f"val_{name}"], label="validation")
-        if spans_decades(values):
+    panels = [[name, f"val_{name}"] for name in names if name not in LABEL_FIT]
+    panels += [[name for name in LABEL_FIT if name in history]] if LABEL_FIT[0] in history else []
+    figure, axes = subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for axis, panel in zip(axes[0], panels, strict=True):
+        shown = [name for name in panel if name in history]
+        for name in shown:
+            label = (
+                name.replace("_fit", " labels")
+                if name in LABEL_FIT
+                else ("validation" if name.startswith("val_") else "train")
+            )
+            axis.plot(np.arange(1, len(history[name]) + 1), history[name], label=label)
+        if spans_decades(np.concatenate([history[name] for name in shown])):
             axis.set_yscale("log")
-        axis.set(xlabel="epoch", ylabel=name, title=name)
+        heading = "training labels fitted" if panel[0] in LABEL_FIT else panel[0]
+        axis.set(xlabel="epoch", ylabel=heading, title=heading)
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle(title)
@@ -99,11 +110,12 @@ def _draw_dataset(data: Dataset, title: str, target: Path) -> Path:
     return save_figure(figure, target)
 
 
-def decision_boundary(model: Any, loss_name: str, data: Dataset, title: str, target: Path) -> Path:
+def decision_boundary(
+    model: Any, spec: losses.LossSpec, data: Dataset, title: str, target: Path
+) -> Path:
     """Predicted class over the plane of a 2-feature dataset, with the test points on top."""
     from sklearn.inspection import DecisionBoundaryDisplay  # scikit-learn takes 1.4 s to import
 
-    spec = losses.get(loss_name)
     points = np.vstack([data.x_train, data.x_test])
     low, high = points.min(axis=0) - 0.25, points.max(axis=0) + 0.25
     xx0, xx1 = np.meshgrid(*(np.linspace(low[i], high[i], GRID_STEPS) for i in (0, 1)))
@@ -174,6 +186,53 @@ def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, title: str, target
     return save_figure(figure, target)
 
 
+def reliability_diagram(calibration: Calibration, title: str, target: Path) -> Path:
+    """Accuracy against confidence per bin, the diagonal being a calibrated head, and how many
+    test rows each bin holds."""
+    edges, filled = calibration.edges, calibration.counts > 0
+    width = np.diff(edges)
+    figure, (axis, counts) = subplots(
+        2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    axis.bar(
+        edges[:-1][filled],
+        calibration.accuracy[filled],
+        width[filled],
+        align="edge",
+        edgecolor="k",
+        linewidth=0.4,
+        alpha=0.8,
+        label="accuracy",
+    )
+    axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    axis.set(ylabel="accuracy", ylim=(0, 1), title=f"{title}\nECE {calibration.ece:.3f}")
+    axis.legend(loc="upper left")
+    counts.bar(edges[:-1], calibration.counts, width, align="edge", color="tab:gray")
+    counts.set(
+        xlabel="confidence (probability of the predicted class)", ylabel="test rows", xlim=(0, 1)
+    )
+    for each in (axis, counts):
+        each.grid(alpha=0.3)
+    return save_figure(figure, target)
+
+
+def margin_histogram(margins: np.ndarray, title: str, target: Path) -> Path:
+    """Test margins y·f(x): left of 0 misclassified, between 0 and 1 inside the margin."""
+    figure, axis = subplots(figsize=(5.5, 3.8))
+    axis.hist(margins, bins=40, color="tab:blue", alpha=0.8)
+    axis.axvline(0.0, color="k", linewidth=1, label="0: wrong | right")
+    axis.axvline(1.0, color="k", linestyle="--", linewidth=1, label="1: the margin")
+    axis.legend(fontsize=8)
+    inside = float(np.mean(margins < 1.0))
+    axis.set(
+        xlabel="margin y·f(x)",
+        ylabel="test rows",
+        title=f"{title}\n{inside:.0%} of test rows below margin 1",
+    )
+    axis.grid(alpha=0.3)
+    return save_figure(figure, target)
+
+
 def loss_shapes(target: Path) -> Path:
     """Each binary loss against the model's raw output for a positive example (through each
     output activation the registry allows), and each regression loss against the error."""
@@ -188,7 +247,7 @@ def loss_shapes(target: Path) -> Path:
             truth = losses.encode_targets(spec, np.ones(len(scores)), 2)
             for activation in spec.activations:
                 outputs = keras.activations.get(activation)(scores.reshape(-1, 1))
-                value = keras.losses.get(spec.keras_name)(truth, outputs)
+                value = losses.build({"name": spec.name}, reduction=None)(truth, outputs)
                 style = "-" if activation == spec.default_activation else "--"
                 binary.plot(
                     scores,
@@ -198,7 +257,9 @@ def loss_shapes(target: Path) -> Path:
                 )
         elif spec.task is Task.REGRESSION:
             truth = np.ones((len(scores), 1), dtype="float32")  # positive, so msle is defined
-            value = keras.losses.get(spec.keras_name)(truth, truth + scores.reshape(-1, 1))
+            value = losses.build({"name": spec.name}, reduction=None)(
+                truth, truth + scores.reshape(-1, 1)
+            )
             regression.plot(scores, keras.ops.convert_to_numpy(value), label=spec.name)
     binary.set(
         xlabel="raw output z (before the head's activation); target +1",

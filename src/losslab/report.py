@@ -4,7 +4,9 @@ A sweep writes the same report from its jobs' folders (:func:`from_folders`), tr
 Runs that differ only by seed form one configuration. For each: n, the final test metric as
 mean ± std and min/max, test loss, success rate where the dataset defines one, train time; an
 overlay of validation curves (mean ± std band), a bar chart with error bars, and one sentence
-per comparison saying whether a difference exceeds the spread.
+per comparison saying whether a difference exceeds the spread. Where a dataset's configurations
+sweep a level (label noise, outliers), also the test metric against the level, a table of it,
+and, for label noise, the memorization curves (how fast the noisy labels are fitted).
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from losslab import losses
 
 IGNORED_PARAMS = ("seed", "trainer.verbose", "tracking.uri", "tracking.experiment", "preset")
 SECONDS_METRIC = "train_seconds"
+LEVELS = {
+    "dataset.label_noise": "label noise (share of training labels flipped)",
+    "dataset.outliers": "outliers (share of training targets shifted)",
+}
+NOISE = "dataset.label_noise"
+FIT_CURVES = ("noisy_fit", "clean_fit")  # per epoch, in runs with label noise
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,15 @@ class RunResult:
     curves: dict[str, list[float]]
 
 
-def _curve_names(loss_name: str) -> list[str]:
-    return ["val_loss", f"val_{losses.get(loss_name).metrics[0]}"]
+def _curve_names(params: dict[str, str]) -> list[str]:
+    return ["val_loss", f"val_{losses.from_params(params).metrics[0]}"]
+
+
+def level_of(params: dict[str, str], name: str) -> float:
+    """A level param's value: 0 where a run has none (from before the param existed) or where
+    its dataset leaves it unset."""
+    value = params.get(name, "None")
+    return 0.0 if value in ("None", "") else float(value)
 
 
 @dataclass
@@ -56,7 +71,7 @@ class Configuration:
 
     @property
     def metric(self) -> str:
-        return losses.get(self.params["loss.name"]).metrics[0]
+        return losses.from_params(self.params).metrics[0]
 
     @property
     def goal(self) -> str:
@@ -69,6 +84,9 @@ class Configuration:
     @property
     def values(self) -> np.ndarray:
         return self.finals(f"test_{self.metric}")
+
+    def level(self, name: str) -> float:
+        return level_of(self.params, name)
 
     @property
     def success_rate(self) -> float | None:
@@ -102,7 +120,10 @@ def from_store(client: Any, runs: list[Any]) -> list[RunResult]:
         if run.info.status != "FINISHED" or "loss.name" not in params:
             continue
         curves = {}
-        for name in _curve_names(params["loss.name"]):
+        names = _curve_names(params)
+        if level_of(params, NOISE) > 0:
+            names += FIT_CURVES
+        for name in names:
             points = client.get_metric_history(run.info.run_id, name)
             curves[name] = [m.value for m in sorted(points, key=lambda m: m.step)]
         found.append(RunResult(params, run.data.metrics, curves))
@@ -136,19 +157,54 @@ def group(runs: list[RunResult]) -> list[Configuration]:
         key = tuple(sorted(params.items()))
         configurations.setdefault(key, Configuration(key, params)).runs.append(run)
     found = sorted(configurations.values(), key=lambda c: (c.dataset, c.params["loss.name"]))
-    for configuration in found:
-        p = configuration.params
-        configuration.label = f"{p['dataset.name']}·{p['loss.name']}·{p['optimizer.name']}"
-    by_label: dict[str, list[Configuration]] = {}
-    for configuration in found:
-        by_label.setdefault(configuration.label, []).append(configuration)
+    for configuration, label in zip(found, _labels([c.params for c in found]), strict=True):
+        configuration.label = label
+    return found
+
+
+def _labels(params: list[dict[str, str]]) -> list[str]:
+    """``dataset·loss·optimizer``, followed by the params that tell apart those sharing it."""
+    labels = [f"{p['dataset.name']}·{p['loss.name']}·{p['optimizer.name']}" for p in params]
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
     for same in by_label.values():
         if len(same) > 1:
-            varying = [k for k in same[0].params if len({c.params.get(k) for c in same}) > 1]
-            for configuration in same:
-                extra = " ".join(f"{k}={configuration.params.get(k)}" for k in varying)
-                configuration.label = f"{configuration.label} {extra}"
-    return found
+            varying = [k for k in params[same[0]] if len({params[i].get(k) for i in same}) > 1]
+            for i in same:
+                labels[i] += " " + " ".join(f"{k}={params[i].get(k)}" for k in varying)
+    return labels
+
+
+@dataclass
+class Line:
+    """Configurations that differ only in a level: a line of the level figure, a row of its
+    table, a subplot of the memorization figure."""
+
+    label: str
+    configurations: list[Configuration]  # by level, ascending
+
+
+def swept_level(configurations: list[Configuration]) -> str | None:
+    """The level param (of :data:`LEVELS`) with more than one value among ``configurations``."""
+    for name in LEVELS:
+        if len({c.level(name) for c in configurations}) > 1:
+            return name
+    return None
+
+
+def level_lines(configurations: list[Configuration], name: str) -> list[Line]:
+    """``configurations`` grouped by their params less the level ``name``, labelled without it,
+    so that a loss swept over levels is one line named by the loss (and its own params)."""
+    by_rest: dict[tuple, list[Configuration]] = {}
+    for c in configurations:
+        rest = tuple(sorted((k, v) for k, v in c.params.items() if k != name))
+        by_rest.setdefault(rest, []).append(c)
+    labels = _labels([dict(rest) for rest in by_rest])
+    return [
+        Line(label, sorted(found, key=lambda c: c.level(name)))
+        for label, found in zip(labels, by_rest.values(), strict=True)
+    ]
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -157,6 +213,12 @@ def _fmt(value: float | None, digits: int = 4) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value))
         else f"{value:.{digits}f}"
     )
+
+
+def _mean_std(values: np.ndarray) -> str:
+    if values.size < 2:
+        return _fmt(values.mean() if values.size else None)
+    return f"{_fmt(values.mean())} ± {_fmt(values.std(ddof=1))}"
 
 
 def table_rows(configurations: list[Configuration]) -> list[dict[str, str]]:
@@ -194,13 +256,35 @@ def markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def level_tables(configurations: list[Configuration]) -> str:
+    """Per dataset that sweeps a level, the test metric (mean ± std over seeds) with a row per
+    loss and a column per level: how each loss degrades, at a glance."""
+    tables = []
+    for dataset in sorted({c.dataset for c in configurations}):
+        found = [c for c in configurations if c.dataset == dataset]
+        name = swept_level(found)
+        if name is None:
+            continue
+        levels = sorted({c.level(name) for c in found})
+        tables.append(f"\n### {dataset}: test_{found[0].metric} by {name}\n\n")
+        tables.append("| configuration | " + " | ".join(f"{v:g}" for v in levels) + " |\n")
+        tables.append("|---" * (len(levels) + 1) + "|\n")
+        for line in level_lines(found, name):
+            by_level = {c.level(name): c.values for c in line.configurations}
+            cells = [_mean_std(by_level.get(v, np.array([]))) for v in levels]
+            tables.append(f"| {line.label} | " + " | ".join(cells) + " |\n")
+    return "".join(tables)
+
+
 def comparisons(configurations: list[Configuration]) -> list[str]:
-    """Per dataset, the best configuration against each other one, judged by the spread."""
+    """Per dataset (and level of corruption), the best configuration against each other one,
+    judged by the spread."""
     sentences = []
     by_dataset: dict[str, list[Configuration]] = {}
     for c in configurations:
         if c.values.size:
-            by_dataset.setdefault(c.dataset, []).append(c)
+            levels = "".join(f" at {k}={c.level(k):g}" for k in LEVELS if c.level(k) > 0)
+            by_dataset.setdefault(c.dataset + levels, []).append(c)
     for dataset, found in by_dataset.items():
         sign = 1 if found[0].goal == "max" else -1
         best = max(found, key=lambda c: sign * c.values.mean())
@@ -235,7 +319,8 @@ def draw(
     out_dir: Path,
     run_all: Callable[[list[Callable[[], None]]], Any] | None = None,
 ) -> list[Path]:
-    """Validation curves per dataset (mean ± std band) and the final test metric with errors.
+    """Validation curves per dataset (mean ± std band) and the final test metric with errors;
+    where a dataset sweeps a level, the metric against it, and the memorization curves.
 
     Matplotlib spends about 0.4 s of CPU on each figure: ``run_all`` calls the figures'
     drawing functions, by default one after another (a sweep hands them to its idle workers,
@@ -249,6 +334,16 @@ def draw(
     figures.append(
         (out_dir / "test_metric.png", functools.partial(_test_metric, configurations, datasets))
     )
+    for d in datasets:
+        found = [c for c in configurations if c.dataset == d]
+        name = swept_level(found)
+        if name is not None:
+            figures.append((out_dir / f"level_{d}.png", functools.partial(_levels, found, d, name)))
+        memorizing = [c for c in found if _memorizes(c)]
+        if memorizing:
+            figures.append(
+                (out_dir / f"memorization_{d}.png", functools.partial(_memorization, memorizing, d))
+            )
     calls = [functools.partial(figure, target) for target, figure in figures]
     if run_all is None:
         for call in calls:
@@ -262,7 +357,7 @@ def _curves(configurations: list[Configuration], dataset: str, target: Path) -> 
     from losslab.plots import save_figure, spans_decades, subplots
 
     found = [c for c in configurations if c.dataset == dataset]
-    names = _curve_names(found[0].params["loss.name"])
+    names = _curve_names(found[0].params)
     figure, axes = subplots(1, 2, figsize=(11, 4))
     for axis, name in zip(axes, names, strict=True):
         everything = []
@@ -298,6 +393,72 @@ def _test_metric(configurations: list[Configuration], datasets: list[str], targe
     save_figure(figure, target)
 
 
+def _levels(configurations: list[Configuration], dataset: str, name: str, target: Path) -> None:
+    """How each loss's test metric degrades with the level: a line per loss, mean ± std."""
+    from losslab.plots import save_figure, spans_decades, subplots
+
+    figure, axis = subplots(figsize=(6, 4))
+    everything = []
+    for line in level_lines(configurations, name):
+        found = [c for c in line.configurations if c.values.size]
+        if not found:
+            continue
+        means = [c.values.mean() for c in found]
+        errors = [c.values.std(ddof=1) if c.values.size > 1 else 0.0 for c in found]
+        sizes = sorted({c.values.size for c in found})
+        n = f"n={sizes[0]}" if len(sizes) == 1 else f"n={sizes[0]}–{sizes[-1]}"
+        x = [c.level(name) for c in found]
+        axis.errorbar(x, means, yerr=errors, marker="o", capsize=4, label=f"{line.label} ({n})")
+        everything.append(np.asarray(means))
+    if everything and spans_decades(np.concatenate(everything)):
+        axis.set_yscale("log")
+    axis.set_xticks(sorted({c.level(name) for c in configurations}))
+    axis.set(xlabel=LEVELS[name], ylabel=f"test {configurations[0].metric}", title=dataset)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    save_figure(figure, target)
+
+
+def _memorizes(configuration: Configuration) -> bool:
+    """Trained on noisy labels, with the curves of how it fits them."""
+    return configuration.level(NOISE) > 0 and all(
+        _stacked(configuration, name) is not None for name in FIT_CURVES
+    )
+
+
+def _memorization(configurations: list[Configuration], dataset: str, target: Path) -> None:
+    """A subplot per loss: the share of noisy (dashed) and clean (solid) training rows predicted
+    as their label, per epoch and noise level. A loss robust to the noise keeps the dashed
+    curves low while the solid ones rise."""
+    from losslab.plots import save_figure, subplots
+
+    found = level_lines(configurations, NOISE)
+    levels = sorted({c.level(NOISE) for c in configurations})
+    columns = min(len(found), 4)
+    rows = math.ceil(len(found) / columns)
+    figure, axes = subplots(
+        rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False, sharey=True
+    )
+    for axis in axes.flat[len(found) :]:
+        axis.set_visible(False)
+    for axis, line in zip(axes.flat, found, strict=False):
+        for c in line.configurations:
+            colour = f"C{levels.index(c.level(NOISE))}"
+            for name, style in zip(FIT_CURVES, ("--", "-"), strict=True):
+                curves = _stacked(c, name)
+                mean, std = curves.mean(axis=0), curves.std(axis=0)
+                epochs = np.arange(1, len(mean) + 1)
+                label = f"{name} p={c.level(NOISE):g} (n={len(curves)})"
+                axis.plot(epochs, mean, style, color=colour, label=label)
+                axis.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2)
+        axis.set(xlabel="epoch", ylabel="share predicted as its label", ylim=(0, 1))
+        axis.set_title(line.label, fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(f"{dataset}: memorization of noisy labels")
+    save_figure(figure, target)
+
+
 def write(
     runs: list[RunResult],
     out_dir: Path,
@@ -316,7 +477,7 @@ def write(
     writer.writeheader()
     writer.writerows(rows)
     write_text(out_dir / "report.csv", buffer.getvalue())
-    summary = text + "\n" + "".join(f"- {s}\n" for s in sentences)
+    summary = text + "\n" + "".join(f"- {s}\n" for s in sentences) + level_tables(configurations)
     write_text(out_dir / "report.md", summary)
     if configurations:
         draw(configurations, out_dir, run_all)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from losslab import losses
 from losslab.config import as_plain
-from losslab.datasets import Dataset, make_dataset
+from losslab.datasets import Dataset, corrupted_name, make_dataset
 from losslab.losses import Task
 from losslab.storage import (
     StageInputError,
@@ -79,6 +79,7 @@ def generate(cfg: DictConfig, layout: Layout) -> Dataset:
         "n_features": data.n_features,
         "n_train": len(data.x_train),
         "n_test": len(data.x_test),
+        data.corrupted_name: int(data.corrupted.sum()),
         "sha256": data.content_hash(),
         "classes": data.classes,
         "target_scale": data.target_scale,
@@ -92,19 +93,21 @@ def generate(cfg: DictConfig, layout: Layout) -> Dataset:
 def load_dataset(layout: Layout) -> tuple[Dataset, dict[str, Any]]:
     """Read the generated dataset, refusing one whose content does not match its metadata."""
     meta = read_json(layout.data_meta)
-    arrays = read_npz(layout.data, ("x_train", "y_train", "x_test", "y_test"))
     try:
-        data = Dataset(
-            **arrays,
-            task=Task(meta["task"]),
-            classes=list(meta["classes"]),
-            target_scale=meta["target_scale"],
+        task, classes, scale, expected = (
+            Task(meta["task"]),
+            list(meta["classes"]),
+            meta["target_scale"],
+            meta["sha256"],
         )
-        expected = meta["sha256"]
     except (KeyError, ValueError, TypeError) as error:
         raise StageInputError(
             f"{layout.data_meta}: incomplete metadata ({error}); rerun generate"
         ) from None
+    mask = corrupted_name(task)
+    arrays = read_npz(layout.data, ("x_train", "y_train", "x_test", "y_test", mask))
+    corrupted = arrays.pop(mask)
+    data = Dataset(**arrays, task=task, classes=classes, target_scale=scale, corrupted=corrupted)
     if data.content_hash() != expected:
         raise StageInputError(
             f"{layout.data}: content does not match the hash in {layout.data_meta}; rerun generate"
@@ -113,8 +116,10 @@ def load_dataset(layout: Layout) -> tuple[Dataset, dict[str, Any]]:
 
 
 def train(cfg: DictConfig, layout: Layout) -> Any:
-    """Train, write the model, its per-epoch history and the training time, log them to the
-    active run (if any) with the model file's hash, and return the trained model."""
+    """Train, write the model (its layers and weights: the loss and metrics come from the
+    config, so a custom loss's module is not needed to load it), its per-epoch history and the
+    training time, log them to the active run (if any) with the model file's hash and a custom
+    loss's source file, and return the trained, compiled model."""
     data, meta = load_dataset(layout)  # before importing TensorFlow: a bad input fails at once
     import keras
 
@@ -135,13 +140,17 @@ def train(cfg: DictConfig, layout: Layout) -> Any:
             epochs.flush()
     timing = {"train_seconds": time.perf_counter() - started}
     tracking.log_metrics(timing)
-    write_keras(result.model, layout.model)
+    layers = training.layers_only(result.model)
+    write_keras(layers, layout.model)
     write_history_csv(layout.history, result.history)
     write_json(layout.train, timing)
     tracking.tag_model(file_md5(layout.model))
     tracking.log_artifact(layout.history, "history")
     tracking.log_artifact(layout.data_meta, "data")
-    tracking.log_model(result.model, data.x_test)
+    source = losses.source_file(cfg.loss)
+    if source is not None:
+        tracking.log_loss_source(Path(source))
+    tracking.log_model(layers, data.x_test)
     return result.model
 
 
@@ -149,12 +158,13 @@ def evaluate(cfg: DictConfig, layout: Layout, model: Any = None) -> dict[str, di
     """Score the model (by default the saved one) on both splits; write and log the results.
 
     Standardized regression targets also get ``mse_original`` and ``mae_original``: the errors in
-    the data's own units, which a reader can judge.
+    the data's own units, which a reader can judge. A probabilistic head also gets the test
+    split's expected calibration error, ``ece``.
     """
-    from losslab import tracking, training
+    from losslab import diagnostics, tracking, training
 
     data, _ = load_dataset(layout)
-    model = model or training.load_model(layout.model)
+    model = model or training.compile_model(cfg, data, training.load_model(layout.model))
     results = training.evaluate(cfg, model, data)
     if data.target_scale is not None:
         for split, x, y in (
@@ -165,6 +175,10 @@ def evaluate(cfg: DictConfig, layout: Layout, model: Any = None) -> dict[str, di
             error = (data.original_units(predicted) - data.original_units(y)).astype("float64")
             results[split]["mse_original"] = float(np.mean(error**2))
             results[split]["mae_original"] = float(np.mean(np.abs(error)))
+    spec = losses.of(cfg.loss)
+    if data.task is not Task.REGRESSION and spec.probabilistic(cfg.model.output_activation):
+        outputs = training.predict(model, data.x_test)
+        results["test"]["ece"] = diagnostics.calibration(spec, outputs, data.y_test).ece
     write_json(layout.metrics, results)
     tracking.log_final_metrics(results)
     tracking.log_artifact(layout.metrics, "evaluation")
@@ -176,33 +190,35 @@ def plot(cfg: DictConfig, layout: Layout, model: Any = None) -> list[Path]:
     from losslab import plots, tracking, training
 
     data, _ = load_dataset(layout)
+    model = model or training.load_model(layout.model)
     title = f"{cfg.dataset.name} · {cfg.loss.name} · {cfg.optimizer.name} · seed {cfg.seed}"
+    outputs = training.predict(model, data.x_test)
     drawn = [
         plots.learning_curves(
             read_history_csv(layout.history), title, layout.plots / "learning_curves.png"
         ),
         plots.dataset_scatter(data, cfg.dataset.name, layout.plots / "dataset.png"),
-        _predictions_figure(
-            cfg, data, model or training.load_model(layout.model), title, layout.plots
-        ),
+        _predictions_figure(cfg, data, model, outputs, title, layout.plots),
     ]
+    diagnostic = _diagnostic_figure(cfg, data, outputs, title, layout.plots)
+    if diagnostic is not None:
+        drawn.append(diagnostic)
     for figure in drawn:
         tracking.log_artifact(figure, "plots")
     return drawn
 
 
 def _predictions_figure(
-    cfg: DictConfig, data: Dataset, model: Any, title: str, folder: Path
+    cfg: DictConfig, data: Dataset, model: Any, outputs: np.ndarray, title: str, folder: Path
 ) -> Path:
     """The decision boundary where the data is a plane of classes; otherwise the test predictions
     as a confusion matrix or, for regression, against the true values (in the data's units)."""
-    from losslab import plots, training
+    from losslab import plots
 
     if plots.can_draw_boundary(data):
         return plots.decision_boundary(
-            model, cfg.loss.name, data, title, folder / "decision_boundary.png"
+            model, losses.of(cfg.loss), data, title, folder / "decision_boundary.png"
         )
-    outputs = training.predict(model, data.x_test)
     if data.task is Task.REGRESSION:
         return plots.predicted_vs_true(
             data.original_units(data.y_test),
@@ -212,11 +228,29 @@ def _predictions_figure(
         )
     return plots.confusion_matrix(
         data.y_test,
-        losses.predict_labels(losses.get(cfg.loss.name), outputs),
+        losses.predict_labels(losses.of(cfg.loss), outputs),
         data.classes,
         title,
         folder / "confusion_matrix.png",
     )
+
+
+def _diagnostic_figure(
+    cfg: DictConfig, data: Dataset, outputs: np.ndarray, title: str, folder: Path
+) -> Path | None:
+    """A margin loss's test margins, or a probabilistic head's reliability diagram."""
+    from losslab import diagnostics, plots
+
+    spec = losses.of(cfg.loss)
+    if data.task is Task.REGRESSION:
+        return None
+    if spec.margin:
+        margins = diagnostics.margins(spec, outputs, data.y_test)
+        return plots.margin_histogram(margins, title, folder / "margins.png")
+    if spec.probabilistic(cfg.model.output_activation):
+        calibration = diagnostics.calibration(spec, outputs, data.y_test)
+        return plots.reliability_diagram(calibration, title, folder / "reliability.png")
+    return None
 
 
 STEPS = {"generate": generate, "train": train, "evaluate": evaluate, "plot": plot}

@@ -430,6 +430,16 @@ def log_artifact(path: Path, folder: str) -> None:
         mlflow.log_artifact(str(path), folder)
 
 
+def log_loss_source(path: Path) -> None:
+    """A custom loss's source file with the run, and its SHA-256 as the tag
+    ``losslab.loss_sha256``: which code defined the loss the run trained with."""
+    if active_run_id():
+        import mlflow
+
+        mlflow.log_artifact(str(path), "loss")
+        mlflow.set_tag("losslab.loss_sha256", hashlib.sha256(path.read_bytes()).hexdigest())
+
+
 def log_metrics(values: dict[str, float]) -> None:
     """Final values, at step 0."""
     if active_run_id():
@@ -488,13 +498,12 @@ def _model_requirements() -> list[str]:
 
 
 def log_model(model: Any, example: Any) -> None:
-    """The trained Keras model in MLflow's ``keras`` flavor, with its signature and an input
-    example, as the run's logged model.
+    """The trained Keras model (uncompiled: :func:`losslab.training.layers_only`) in MLflow's
+    ``keras`` flavor, with its signature and an input example, as the run's logged model.
 
-    It is saved without its compile settings: it predicts the same, and loads anywhere without
-    losslab's custom metrics importable. ``mlflow.keras.log_model`` writes the input example
-    before it creates the model's folder (mlflow#16183), so the model is saved into a folder
-    made first and logged through MLflow's logged-model API.
+    ``mlflow.keras.log_model`` writes the input example before it creates the model's folder
+    (mlflow#16183), so the model is saved into a folder made first and logged through MLflow's
+    logged-model API.
     """
     if not active_run_id():
         return
@@ -503,10 +512,8 @@ def log_model(model: Any, example: Any) -> None:
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model, infer_signature
 
-    plain = type(model).from_config(model.get_config())  # the layers alone, never compiled
-    plain.set_weights(model.get_weights())
     example = example[:5]
-    signature = infer_signature(example, keras.ops.convert_to_numpy(plain(example)))
+    signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
     run = mlflow.active_run().info
     client = mlflow.MlflowClient()
     logged = mlflow.initialize_logged_model(
@@ -516,7 +523,7 @@ def log_model(model: Any, example: Any) -> None:
         path = os.path.join(folder, "model")
         os.mkdir(path)
         mlflow.keras.save_model(
-            plain,
+            model,
             path,
             mlflow_model=Model(run_id=run.run_id, model_id=logged.model_id),
             signature=signature,

@@ -31,6 +31,7 @@ from losslab import losses  # noqa: E402
 from losslab.cli import raise_if_terminated  # noqa: E402
 from losslab.config import Validation  # noqa: E402
 from losslab.datasets import Dataset  # noqa: E402
+from losslab.losses import Task  # noqa: E402
 from losslab.metrics import build_metrics  # noqa: E402
 from losslab.models import build_model  # noqa: E402
 from losslab.optimizers import build_optimizer  # noqa: E402
@@ -68,7 +69,7 @@ def seed_everything(seed: int) -> None:
 
 def training_arrays(cfg: Any, data: Dataset) -> tuple[tuple, tuple]:
     """(x, y) to fit on and (x, y) to validate on, as the trainer config says, targets encoded."""
-    spec = losses.get(cfg.loss.name)
+    spec = losses.of(cfg.loss)
     x, y = data.x_train, losses.encode_targets(spec, data.y_train, data.n_classes)
     if cfg.trainer.validation == Validation.test:
         return (x, y), (data.x_test, losses.encode_targets(spec, data.y_test, data.n_classes))
@@ -76,12 +77,14 @@ def training_arrays(cfg: Any, data: Dataset) -> tuple[tuple, tuple]:
     return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
 
 
-def compile_model(cfg: Any, data: Dataset) -> keras.Model:
-    spec = losses.get(cfg.loss.name)
-    model = build_model(cfg.model, data.n_features, spec, data.n_classes)
+def compile_model(cfg: Any, data: Dataset, model: keras.Model | None = None) -> keras.Model:
+    """A new model (or ``model``, e.g. one loaded from a file) compiled with the configured
+    loss, optimizer and the metrics correct for the loss's targets."""
+    spec = losses.of(cfg.loss)
+    model = model or build_model(cfg.model, data.n_features, spec, data.n_classes)
     model.compile(
         optimizer=build_optimizer(cfg.optimizer),
-        loss=spec.keras_name,
+        loss=losses.build(cfg.loss),
         metrics=build_metrics(spec),
     )
     return model
@@ -99,12 +102,73 @@ def _in_batches(step: Any, x: tf.Tensor, y: tf.Tensor, batch_size: int) -> None:
     tf.while_loop(lambda i: i < math.ceil(rows / batch_size), one_batch, (tf.constant(0),))
 
 
+@dataclass(frozen=True)
+class LabelFit:
+    """The training rows' stored labels and which of them were flipped: each epoch then logs
+    ``noisy_fit``, the share of flipped rows predicted as their (wrong) label, and ``clean_fit``,
+    the share of the others predicted as theirs. Memorizing the noise shows as a rising
+    ``noisy_fit``."""
+
+    labels: np.ndarray
+    noisy: np.ndarray
+    threshold: float | None  # the registry's label decision: None for argmax
+
+    NAMES = ("noisy_fit", "clean_fit")
+
+
+def _label_fit(cfg: Any, data: Dataset, rows: int) -> LabelFit | None:
+    noisy = data.corrupted[:rows]
+    if data.task is Task.REGRESSION or not noisy.any():
+        return None
+    return LabelFit(data.y_train[:rows], noisy, losses.of(cfg.loss).label_threshold)
+
+
+def _train_step(model: keras.Model, grad_norm: keras.metrics.Mean) -> Any:
+    """Keras's own ``train_step`` (forward pass, ``compute_loss``, the optimizer, the loss
+    tracker weighted by batch size, the compiled metrics) written out to see the gradients: it
+    also averages their global L2 norm into ``grad_norm``."""
+    loss_tracker = next(metric for metric in model.metrics if metric.name == "loss")
+
+    def step(batch: tuple[tf.Tensor, tf.Tensor]) -> None:
+        x, y = batch
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x, y, y_pred, training=True)
+        gradients = tape.gradient(loss, model.trainable_weights)
+        model.optimizer.apply(gradients, model.trainable_weights)
+        loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
+        model.compute_metrics(x, y, y_pred)
+        grad_norm.update_state(tf.linalg.global_norm(gradients))
+
+    return step
+
+
+def _fit_shares(model: keras.Model, x: tf.Tensor, fit: LabelFit) -> list[tf.Tensor]:
+    outputs = model(x, training=False)
+    if fit.threshold is None:
+        predicted = tf.argmax(outputs, axis=1)
+    else:
+        predicted = tf.cast(tf.reshape(outputs, [-1]) > fit.threshold, tf.int64)
+    hits = tf.cast(tf.equal(predicted, tf.constant(fit.labels, tf.int64)), tf.float32)
+    noisy = tf.constant(fit.noisy)
+    return [
+        tf.reduce_mean(tf.boolean_mask(hits, noisy)),
+        tf.reduce_mean(tf.boolean_mask(hits, tf.logical_not(noisy))),
+    ]
+
+
 def _compiled_epochs(
-    model: keras.Model, train: tuple, validation: tuple, batch_size: int, seed: int
+    model: keras.Model,
+    train: tuple,
+    validation: tuple,
+    batch_size: int,
+    seed: int,
+    label_fit: LabelFit | None = None,
 ) -> tuple[list[str], Any]:
     """The names of the per-epoch logs and a compiled ``run(first, count)`` that trains epochs
     ``first .. first+count-1`` and returns one row of logs per epoch (fewer if the loss stops
-    being finite: training ends with that epoch).
+    being finite: training ends with that epoch): the training loss and metrics, ``grad_norm``,
+    the label-fit shares if ``label_fit`` is given, then the validation loss and metrics.
 
     Each epoch reshuffles the training rows by a permutation drawn from (seed, epoch), so a run is
     reproducible and the order does not depend on how epochs are grouped into calls.
@@ -113,6 +177,8 @@ def _compiled_epochs(
     model.optimizer.build(model.trainable_variables)
     names = list(model.test_step((x_val[:batch_size], y_val[:batch_size])))  # builds metrics
     model.reset_metrics()
+    grad_norm = keras.metrics.Mean(name="grad_norm")
+    train_step = _train_step(model, grad_norm)
 
     def results() -> list[tf.Tensor]:
         logs = model.get_metrics_result()
@@ -125,8 +191,12 @@ def _compiled_epochs(
         def epoch(e: tf.Tensor, finite: tf.Tensor, rows: tf.TensorArray) -> tuple:
             order = tf.argsort(tf.random.stateless_uniform([len(train[0])], seed=[seed, e]))
             model.reset_metrics()
-            _in_batches(model.train_step, tf.gather(x, order), tf.gather(y, order), batch_size)
-            trained = results()
+            grad_norm.reset_state()
+            _in_batches(train_step, tf.gather(x, order), tf.gather(y, order), batch_size)
+            trained = [*results(), grad_norm.result()]
+            with tf.control_dependencies(trained):
+                if label_fit is not None:
+                    trained += _fit_shares(model, x, label_fit)
             model.reset_metrics()
             with tf.control_dependencies(trained):
                 _in_batches(model.test_step, x_val, y_val, batch_size)
@@ -140,7 +210,8 @@ def _compiled_epochs(
         )
         return rows.stack()
 
-    return names + [f"val_{name}" for name in names], run
+    extra = ["grad_norm", *(LabelFit.NAMES if label_fit is not None else ())]
+    return names + extra + [f"val_{name}" for name in names], run
 
 
 def fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
@@ -157,7 +228,9 @@ def _fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback]) -> 
     train, validation = training_arrays(cfg, data)
     batch_size, epochs = cfg.trainer.batch_size, cfg.trainer.epochs
     model = compile_model(cfg, data)
-    names, run = _compiled_epochs(model, train, validation, batch_size, cfg.seed)
+    names, run = _compiled_epochs(
+        model, train, validation, batch_size, cfg.seed, _label_fit(cfg, data, len(train[0]))
+    )
     history = keras.callbacks.History()
     callback_list = keras.callbacks.CallbackList(
         [history, *callbacks],
@@ -187,7 +260,7 @@ def _fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback]) -> 
 
 def evaluate(cfg: Any, model: keras.Model, data: Dataset) -> dict[str, dict[str, float]]:
     """Loss and metrics on the training and test splits."""
-    spec = losses.get(cfg.loss.name)
+    spec = losses.of(cfg.loss)
     results = {}
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
         encoded = losses.encode_targets(spec, y, data.n_classes)
@@ -204,14 +277,22 @@ def predict(model: keras.Model, x: np.ndarray, batch_size: int = 4096) -> np.nda
     return np.concatenate([keras.ops.convert_to_numpy(b) for b in batches])
 
 
+def layers_only(model: keras.Model) -> keras.Model:
+    """The model's layers and weights, never compiled: what is saved and logged. It predicts
+    the same and loads anywhere, without losslab's metrics or a custom loss's module."""
+    plain = type(model).from_config(model.get_config())
+    plain.set_weights(model.get_weights())
+    return plain
+
+
 def load_model(path: str | os.PathLike) -> keras.Model:
-    """Load a saved ``.keras`` model in Keras's safe mode."""
+    """Load a saved ``.keras`` model (layers and weights) in Keras's safe mode."""
     if not os.path.exists(path):
         raise StageInputError(f"{path}: missing; run the train stage first")
     if not zipfile.is_zipfile(path):
         raise StageInputError(f"{path}: not a Keras model archive; rerun train")
     try:
-        return keras.models.load_model(path, safe_mode=True)
+        return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a file that is not a model
         raise StageInputError(
             f"{path}: not a loadable Keras model ({error}); rerun train"
