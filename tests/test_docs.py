@@ -460,6 +460,7 @@ def test_make_run_sample_is_what_dvc_metrics_show_and_make_print():
     table = metrics_table(
         {"workspace": {"data": {"metrics.json": {"data": committed_metrics()}}}},
         precision=DEFAULT_PRECISION,
+        round_digits=True,  # as `dvc metrics show` formats them
     )
     header = next(i for i, line in enumerate(block) if line.startswith("Path "))
     assert block[header].split() == list(table.keys())

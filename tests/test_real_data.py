@@ -427,7 +427,12 @@ def test_csv_end_to_end(compose_raw, tracking_uri, tmp_path):
     assert meta["n_train"] + meta["n_test"] == 60
     assert meta["params"]["path"] == str(path)
     plots = {p.name for p in (out / "plots").iterdir()}
-    assert plots == {"learning_curves.png", "dataset.png", "confusion_matrix.png"}
+    assert plots == {
+        "learning_curves.png",
+        "dataset.png",
+        "confusion_matrix.png",
+        "reliability.png",
+    }
 
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("losslab").experiment_id])
