@@ -13,6 +13,7 @@ import atexit
 import gc
 import math
 import os
+import random
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +63,12 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and Keras and make TensorFlow ops deterministic."""
-    keras.utils.set_random_seed(seed)
+    """Seed Python (Keras's initializers draw their seeds from it) and NumPy, and make
+    TensorFlow's ops deterministic. Not TensorFlow's global seed, which no op here uses (each
+    epoch's shuffle has its own seed): setting it empties TensorFlow's cache of instantiated
+    functions, which each job in a sweep worker then paid again, 0.2 to 0.4 s."""
+    random.seed(seed)
+    np.random.seed(seed)
     tf.config.experimental.enable_op_determinism()
 
 
