@@ -872,7 +872,6 @@ def custom_run(tmp_path_factory: pytest.TempPathFactory, empty_store) -> CliRun:
     return cli_run(folder, empty_store(folder), *CUSTOM_RUN)
 
 
-@pytest.mark.spawn
 @pytest.mark.xdist_group("custom_run")  # the module fixture, made once
 def test_custom_loss_run_finishes_and_scores_sign_agreement(custom_run: CliRun) -> None:
     run = custom_run.run
@@ -927,7 +926,6 @@ CHILD_LOAD = textwrap.dedent(
 )
 
 
-@pytest.mark.spawn
 @pytest.mark.xdist_group("custom_run")
 def test_custom_loss_models_load_where_the_module_is_not_importable(
     custom_run: CliRun, tmp_path: Path
@@ -989,7 +987,6 @@ def noisy_run(tmp_path_factory: pytest.TempPathFactory, empty_store) -> CliRun:
     return cli_run(folder, empty_store(folder), *NOISY_RUN)
 
 
-@pytest.mark.spawn
 @pytest.mark.xdist_group("noisy_run")  # the module fixture, made once
 def test_noisy_digits_run_logs_calibration_and_label_fit(noisy_run: CliRun) -> None:
     run, client = noisy_run.run, noisy_run.client

@@ -2,9 +2,11 @@
 
 Keras's ``fit`` pays a fixed cost per epoch (a new data iterator, a separate validation pass,
 logs converted to Python) that dwarfs a small model's arithmetic. Here whole groups of epochs run
-as one compiled graph built from Keras's own ``train_step`` and ``test_step``: the same batches,
-per-epoch reshuffling, optimizer, loss tracking and per-epoch validation metrics as
-``model.fit(x, y, validation_data=..., shuffle=True)``, handed to Keras callbacks epoch by epoch.
+as one compiled graph of Keras's ``train_step`` (written out, to see the gradients) and its own
+``test_step``: the same batches, per-epoch reshuffling, optimizer, loss tracking and per-epoch
+validation metrics as ``model.fit(x, y, validation_data=..., shuffle=True)``, plus the gradient's
+norm and, on noisy labels, how many of them the model fits, handed to Keras callbacks epoch by
+epoch.
 """
 
 from __future__ import annotations
