@@ -174,6 +174,16 @@ METRIC_GOALS = {"accuracy": "max", "mse": "min"}  # which way is better, for rep
 CUSTOM = "custom"
 
 _REGRESSION = dict(task=Task.REGRESSION, encoding=Encoding.FLOAT, metrics=("mse",))
+_SIGMOID = dict(
+    task=Task.BINARY, encoding=Encoding.ZERO_ONE, activations=("sigmoid",), metrics=("accuracy",)
+)
+_BINARY_MARGIN = dict(
+    task=Task.BINARY,
+    encoding=Encoding.PLUS_MINUS_ONE,
+    activations=("tanh", "linear"),
+    metrics=("accuracy",),
+    margin=True,
+)
 _MULTICLASS = dict(
     task=Task.MULTICLASS, encoding=Encoding.ONE_HOT, activations=("softmax",), metrics=("accuracy",)
 )
@@ -221,42 +231,28 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec(
             "bce",
             "keras.losses:BinaryCrossentropy",
-            task=Task.BINARY,
-            encoding=Encoding.ZERO_ONE,
-            activations=("sigmoid",),
-            metrics=("accuracy",),
             description="binary cross-entropy on a sigmoid probability",
+            **_SIGMOID,
         ),
         LossSpec(
             "focal",
             "keras.losses:BinaryFocalCrossentropy",
-            task=Task.BINARY,
-            encoding=Encoding.ZERO_ONE,
-            activations=("sigmoid",),
-            metrics=("accuracy",),
             description="binary cross-entropy scaled by (1-p)^gamma; for imbalanced classes",
             schema=FocalParams,
             bounds={"gamma": NON_NEGATIVE},
+            **_SIGMOID,
         ),
         LossSpec(
             "hinge",
             "keras.losses:Hinge",
-            task=Task.BINARY,
-            encoding=Encoding.PLUS_MINUS_ONE,
-            activations=("tanh", "linear"),
-            metrics=("accuracy",),
             description="max(0, 1 - y*f); margin loss on {-1,+1} targets",
-            margin=True,
+            **_BINARY_MARGIN,
         ),
         LossSpec(
             "squared_hinge",
             "keras.losses:SquaredHinge",
-            task=Task.BINARY,
-            encoding=Encoding.PLUS_MINUS_ONE,
-            activations=("tanh", "linear"),
-            metrics=("accuracy",),
             description="max(0, 1 - y*f)^2; smoother hinge on {-1,+1} targets",
-            margin=True,
+            **_BINARY_MARGIN,
         ),
         LossSpec(
             "cce",
