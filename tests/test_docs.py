@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, run_env
+from conftest import REPO_ROOT, run_command
 
 README = REPO_ROOT / "README.md"
 PAGES = [README, *sorted((REPO_ROOT / "docs").glob("*.md"))]
@@ -480,12 +480,10 @@ def test_make_run_sample_is_what_dvc_metrics_show_and_make_print():
 def test_losslab_sample_is_what_a_default_run_prints(tmp_path, tracking_uri):
     block = readme_block_with("losslab: outputs in ")
     run_dir = tmp_path / "run"
-    done = subprocess.run(
+    done = run_command(
         [str(BIN / "losslab"), "trainer.verbose=0", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env=run_env(tracking_uri),
-        capture_output=True,
-        text=True,
+        tmp_path,
+        tracking_uri,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -530,13 +528,8 @@ def error_samples() -> list[tuple[str, list[str]]]:
 
 @pytest.mark.parametrize("command, expected", error_samples(), ids=lambda v: str(v)[:60])
 def test_error_samples_are_what_losslab_prints(command, expected, tmp_path, tracking_uri):
-    done = subprocess.run(
-        [str(BIN / "losslab"), *shlex.split(command)[1:]],
-        cwd=tmp_path,
-        env=run_env(tracking_uri),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = run_command(
+        [str(BIN / "losslab"), *shlex.split(command)[1:]], tmp_path, tracking_uri, timeout=120
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.splitlines() == expected

@@ -832,6 +832,32 @@ CUSTOM_RUN = (
 )
 
 
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("def loss(y_true):\n    return y_true\n", "TypeError"),
+        (
+            "import keras\n\ndef loss(y_true, y_pred):\n"
+            "    return keras.ops.matmul(y_true, y_pred)\n",
+            "InvalidArgumentError",
+        ),
+    ],
+    ids=["wrong-arguments", "wrong-shapes"],
+)
+def test_a_custom_loss_that_fails_when_called_is_a_config_error(
+    tiny_cfg, user_module, source: str, error: str
+) -> None:
+    """Found by one eager call before training, and said in one line naming the function, the
+    targets and the shapes it was given, not raised from inside the compiled loop."""
+    name = user_module(source)
+    cfg = tiny_cfg(*custom_loss(f"{name}:loss"), epochs=1)
+    with pytest.raises(ConfigError) as raised:
+        training.fit(cfg, datasets.make_dataset(cfg.dataset))
+    message = str(raised.value)
+    assert message.startswith(f"loss.function: {name}:loss failed on plus_minus_one targets")
+    assert f": {error}: " in message and "\n" not in message
+
+
 @dataclass
 class CliRun:
     done: subprocess.CompletedProcess

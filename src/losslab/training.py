@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from losslab import losses  # noqa: E402
 from losslab.cli import raise_if_terminated  # noqa: E402
-from losslab.config import Validation  # noqa: E402
+from losslab.config import ConfigError, Validation  # noqa: E402
 from losslab.datasets import Dataset  # noqa: E402
 from losslab.losses import Task  # noqa: E402
 from losslab.metrics import build_metrics  # noqa: E402
@@ -230,11 +230,29 @@ def fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback] = ())
         progress.close()
 
 
+def _check_custom_loss(cfg: Any, model: keras.Model, train: tuple) -> None:
+    """Call a custom loss once, eagerly, on two training rows: a function that cannot take the
+    targets and outputs its contract gives is the user's input to fix, said in one line, not a
+    traceback from inside the compiled loop."""
+    x, y = train[0][:2], train[1][:2]
+    try:
+        model.compute_loss(x, y, model(x))
+    except Exception as error:  # the user's code may raise anything
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ConfigError(
+            f"loss.function: {cfg.loss.function} failed on {cfg.loss.targets} targets of shape "
+            f"{tuple(y.shape)} and outputs of shape {tuple(model(x).shape)}: "
+            f"{type(error).__name__}: {detail}"
+        ) from None
+
+
 def _fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback]) -> TrainResult:
     seed_everything(cfg.seed)
     train, validation = training_arrays(cfg, data)
     batch_size, epochs = cfg.trainer.batch_size, cfg.trainer.epochs
     model = compile_model(cfg, data)
+    if cfg.loss.name == losses.CUSTOM:
+        _check_custom_loss(cfg, model, train)
     names, run = _compiled_epochs(
         model, train, validation, batch_size, cfg.seed, _label_fit(cfg, data, len(train[0]))
     )
