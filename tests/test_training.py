@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -66,3 +68,57 @@ def test_callbacks_see_every_epoch_and_can_stop_training(tiny_cfg) -> None:
     history = training.fit(cfg, datasets.make_dataset(cfg.dataset), [StopAfterTwelve()]).history
     assert seen == list(range(training.EPOCHS_PER_CALL * 2))
     assert len(history["loss"]) == len(seen)
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "kinds"),
+    [
+        (
+            ("experiment=reg_mse",),
+            ("experiment=reg_mse", "seed=1", "optimizer.learning_rate=0.05"),
+            1,
+        ),
+        (
+            ("experiment=separable_hinge",),
+            ("experiment=separable_hinge", "seed=2", "optimizer.learning_rate=0.01"),
+            1,
+        ),
+        (
+            ("dataset=blobs", "loss=cce", "dataset.label_noise=0.2"),
+            ("dataset=blobs", "loss=cce", "dataset.label_noise=0.4", "seed=1"),
+            1,
+        ),
+        (
+            ("loss=huber", "dataset=regression"),
+            ("loss=huber", "dataset=regression", "loss.delta=0.1"),
+            2,
+        ),
+    ],
+    ids=["sgd", "adam", "label-fit", "loss-parameter"],
+)
+def test_a_reused_trainer_learns_exactly_as_a_fresh_one(tiny_cfg, first, then, kinds) -> None:
+    """A process traces a kind of model once; a later job of that kind (another seed, learning
+    rate or data) starts from its own initial state, optimizer moments included, and learns the
+    same as in a fresh process. A loss parameter is part of the kind."""
+    earlier, later = tiny_cfg(*first, epochs=12), tiny_cfg(*then, epochs=12)
+    training._TRAINERS.clear()
+    fresh = training.fit(later, datasets.make_dataset(later.dataset))
+    training._TRAINERS.clear()
+    training.fit(earlier, datasets.make_dataset(earlier.dataset))
+    reused = training.fit(later, datasets.make_dataset(later.dataset))
+    assert len(training._TRAINERS) == kinds
+    assert [t.run.experimental_get_tracing_count() for t in training._TRAINERS.values()] == [
+        1
+    ] * kinds
+    assert reused.history == fresh.history
+    for mine, theirs in zip(reused.model.get_weights(), fresh.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_process_keeps_the_last_kinds_it_trained(tiny_cfg, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(training, "TRAINERS_KEPT", 2)
+    training._TRAINERS.clear()
+    for hidden in ("[3]", "[4]", "[5]"):
+        cfg = tiny_cfg("experiment=reg_mse", f"model.hidden={hidden}", epochs=1)
+        training.fit(cfg, datasets.make_dataset(cfg.dataset))
+    assert [json.loads(key)[0]["hidden"] for key in training._TRAINERS] == [[4], [5]]

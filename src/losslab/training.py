@@ -7,16 +7,22 @@ as one compiled graph of Keras's ``train_step`` (written out, to see the gradien
 validation metrics as ``model.fit(x, y, validation_data=..., shuffle=True)``, plus the gradient's
 norm and, on noisy labels, how many of them the model fits, handed to Keras callbacks epoch by
 epoch.
+
+The graph is traced once per kind of model (architecture, loss, optimizer settings, batch size)
+in a process, its data and seed being arguments: a sweep worker's later jobs of a kind copy their
+fresh model's initial state into the traced one instead of tracing it again.
 """
 
 from __future__ import annotations
 
 import atexit
 import gc
+import json
 import math
 import os
 import random
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 from losslab import losses  # noqa: E402
 from losslab.cli import raise_if_terminated  # noqa: E402
-from losslab.config import ConfigError, Validation  # noqa: E402
+from losslab.config import ConfigError, Validation, as_plain  # noqa: E402
 from losslab.datasets import Dataset  # noqa: E402
 from losslab.losses import Task  # noqa: E402
 from losslab.metrics import build_metrics  # noqa: E402
@@ -113,21 +119,20 @@ def _in_batches(step: Any, x: tf.Tensor, y: tf.Tensor, batch_size: int) -> None:
 class LabelFit:
     """The training rows' stored labels and which of them were flipped: each epoch then logs
     ``noisy_fit``, the share of flipped rows predicted as their (wrong) label, and ``clean_fit``,
-    the share of the others predicted as theirs. Memorizing the noise shows as a rising
-    ``noisy_fit``."""
+    the share of the others predicted as theirs, by the registry's label decision. Memorizing
+    the noise shows as a rising ``noisy_fit``."""
 
     labels: np.ndarray
     noisy: np.ndarray
-    threshold: float | None  # the registry's label decision: None for argmax
 
     NAMES = ("noisy_fit", "clean_fit")
 
 
-def _label_fit(cfg: Any, data: Dataset, rows: int) -> LabelFit | None:
+def _label_fit(data: Dataset, rows: int) -> LabelFit | None:
     noisy = data.corrupted[:rows]
     if data.task is Task.REGRESSION or not noisy.any():
         return None
-    return LabelFit(data.y_train[:rows], noisy, losses.of(cfg.loss).label_threshold)
+    return LabelFit(data.y_train[:rows].astype("int64"), noisy)
 
 
 def _train_step(model: keras.Model, grad_norm: keras.metrics.Mean) -> Any:
@@ -150,39 +155,77 @@ def _train_step(model: keras.Model, grad_norm: keras.metrics.Mean) -> Any:
     return step
 
 
-def _fit_shares(model: keras.Model, x: tf.Tensor, fit: LabelFit) -> list[tf.Tensor]:
+def _fit_shares(
+    model: keras.Model, x: tf.Tensor, labels: tf.Tensor, noisy: tf.Tensor, threshold: float | None
+) -> list[tf.Tensor]:
     outputs = model(x, training=False)
-    if fit.threshold is None:
+    if threshold is None:
         predicted = tf.argmax(outputs, axis=1)
     else:
-        predicted = tf.cast(tf.reshape(outputs, [-1]) > fit.threshold, tf.int64)
-    hits = tf.cast(tf.equal(predicted, tf.constant(fit.labels, tf.int64)), tf.float32)
-    noisy = tf.constant(fit.noisy)
+        predicted = tf.cast(tf.reshape(outputs, [-1]) > threshold, tf.int64)
+    hits = tf.cast(tf.equal(predicted, labels), tf.float32)
     return [
         tf.reduce_mean(tf.boolean_mask(hits, noisy)),
         tf.reduce_mean(tf.boolean_mask(hits, tf.logical_not(noisy))),
     ]
 
 
-def _compiled_epochs(
-    model: keras.Model,
-    train: tuple,
-    validation: tuple,
-    batch_size: int,
-    seed: int,
-    label_fit: LabelFit | None = None,
-) -> tuple[list[str], Any]:
-    """The names of the per-epoch logs and a compiled ``run(first, count)`` that trains epochs
-    ``first .. first+count-1`` and returns one row of logs per epoch (fewer if the loss stops
-    being finite: training ends with that epoch): the training loss and metrics, ``grad_norm``,
-    the label-fit shares if ``label_fit`` is given, then the validation loss and metrics.
+@dataclass
+class _Trainer:
+    """A compiled model of one kind and its traced epochs: ``run(x, y, x_val, y_val, labels,
+    noisy, seed, first, count)`` trains epochs ``first .. first+count-1`` on it and returns one
+    row of logs per epoch (fewer if the loss stops being finite: training ends with that epoch),
+    named by ``names``: the training loss and metrics, ``grad_norm``, the label-fit shares if the
+    kind has them, then the validation loss and metrics."""
 
-    Each epoch reshuffles the training rows by a permutation drawn from (seed, epoch), so a run is
-    reproducible and the order does not depend on how epochs are grouped into calls.
-    """
-    x, y, x_val, y_val = (tf.constant(a) for a in (*train, *validation))
+    model: keras.Model
+    names: list[str]
+    run: Any
+
+
+TRAINERS_KEPT = 4
+"""Traced trainers a process keeps, the least recently used dropped first: a study's worker
+meets several kinds of model in turn, and each holds a graph of a few megabytes."""
+
+_TRAINERS: OrderedDict[str, _Trainer] = OrderedDict()
+
+
+def _trainer_key(cfg: Any, data: Dataset, label_fit: LabelFit | None) -> str:
+    """What a trainer's graph depends on: not the learning rate (an optimizer variable that
+    :func:`_load_state` sets), the seed or the data (arguments of the traced function)."""
+    optimizer = {k: v for k, v in as_plain(cfg.optimizer).items() if k != "learning_rate"}
+    kind = [as_plain(cfg.model), as_plain(cfg.loss), optimizer, cfg.trainer.batch_size]
+    return json.dumps([*kind, data.n_features, data.n_classes, label_fit is not None])
+
+
+def _trainer(cfg: Any, data: Dataset, label_fit: LabelFit | None) -> _Trainer:
+    """This process's trainer of the configured kind, traced on first use."""
+    key = _trainer_key(cfg, data, label_fit)
+    if key not in _TRAINERS:
+        _TRAINERS[key] = _new_trainer(cfg, data, label_fit)
+        while len(_TRAINERS) > TRAINERS_KEPT:
+            _TRAINERS.popitem(last=False)
+    _TRAINERS.move_to_end(key)
+    return _TRAINERS[key]
+
+
+def _load_state(source: keras.Model, target: keras.Model) -> None:
+    """Weights and optimizer variables (step count, learning rate, moments) from one compiled
+    model into another of the same kind."""
+    target.set_weights(source.get_weights())
+    for value, variable in zip(source.optimizer.variables, target.optimizer.variables, strict=True):
+        variable.assign(value)
+
+
+def _new_trainer(cfg: Any, data: Dataset, label_fit: LabelFit | None) -> _Trainer:
+    """Each epoch reshuffles the training rows by a permutation drawn from (seed, epoch), so a run
+    is reproducible and the order does not depend on how epochs are grouped into calls. The
+    validation rows are scored in one batch: the same sums as batch by batch, in fewer steps."""
+    model = compile_model(cfg, data)
     model.optimizer.build(model.trainable_variables)
-    names = list(model.test_step((x_val[:batch_size], y_val[:batch_size])))  # builds metrics
+    batch_size, threshold = cfg.trainer.batch_size, losses.of(cfg.loss).label_threshold
+    (x, y), _ = training_arrays(cfg, data)
+    names = list(model.test_step((x[:1], y[:1])))  # builds the metrics
     model.reset_metrics()
     grad_norm = keras.metrics.Mean(name="grad_norm")
     train_step = _train_step(model, grad_norm)
@@ -194,19 +237,20 @@ def _compiled_epochs(
     # no AutoGraph: the loops are explicit ``tf.while_loop``s, and converting Keras's steps cost
     # a third of each run's tracing
     @tf.function(autograph=False)
-    def run(first: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    def run(x, y, x_val, y_val, labels, noisy, seed, first, count):  # noqa: ANN001, ANN202
         def epoch(e: tf.Tensor, finite: tf.Tensor, rows: tf.TensorArray) -> tuple:
-            order = tf.argsort(tf.random.stateless_uniform([len(train[0])], seed=[seed, e]))
+            shuffle = tf.random.stateless_uniform(tf.shape(x)[:1], seed=tf.stack([seed, e]))
+            order = tf.argsort(shuffle)
             model.reset_metrics()
             grad_norm.reset_state()
             _in_batches(train_step, tf.gather(x, order), tf.gather(y, order), batch_size)
             trained = [*results(), grad_norm.result()]
             with tf.control_dependencies(trained):
                 if label_fit is not None:
-                    trained += _fit_shares(model, x, label_fit)
+                    trained += _fit_shares(model, x, labels, noisy, threshold)
             model.reset_metrics()
             with tf.control_dependencies(trained):
-                _in_batches(model.test_step, x_val, y_val, batch_size)
+                model.test_step((x_val, y_val))
             row = tf.stack(trained + results())
             return e + 1, tf.math.is_finite(trained[0]), rows.write(e - first, row)
 
@@ -218,7 +262,7 @@ def _compiled_epochs(
         return rows.stack()
 
     extra = ["grad_norm", *(LabelFit.NAMES if label_fit is not None else ())]
-    return names + extra + [f"val_{name}" for name in names], run
+    return _Trainer(model, names + extra + [f"val_{name}" for name in names], run)
 
 
 def fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
@@ -247,30 +291,41 @@ def _check_custom_loss(cfg: Any, model: keras.Model, train: tuple) -> None:
 
 
 def _fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback]) -> TrainResult:
+    """Train a fresh model's initial state on this process's trainer of its kind (traced once
+    per kind, so a sweep worker's later jobs of a kind skip tracing); callbacks see the trainer's
+    model while it trains, and the fresh model gets the trained state at the end."""
     seed_everything(cfg.seed)
     train, validation = training_arrays(cfg, data)
     batch_size, epochs = cfg.trainer.batch_size, cfg.trainer.epochs
     model = compile_model(cfg, data)
+    model.optimizer.build(model.trainable_variables)
     if cfg.loss.name == losses.CUSTOM:
         _check_custom_loss(cfg, model, train)
-    names, run = _compiled_epochs(
-        model, train, validation, batch_size, cfg.seed, _label_fit(cfg, data, len(train[0]))
+    label_fit = _label_fit(data, len(train[0]))
+    trainer = _trainer(cfg, data, label_fit)
+    _load_state(model, trainer.model)
+    fit_arrays = (
+        (label_fit.labels, label_fit.noisy)
+        if label_fit is not None
+        else (np.zeros(0, "int64"), np.zeros(0, bool))
     )
+    arrays = [tf.constant(a) for a in (*train, *validation, *fit_arrays)]
     history = keras.callbacks.History()
     callback_list = keras.callbacks.CallbackList(
         [history, *callbacks],
-        model=model,
+        model=trainer.model,
         verbose=cfg.trainer.verbose,
         epochs=epochs,
         steps=math.ceil(len(train[0]) / batch_size),
     )
     callback_list.on_train_begin()
-    model.stop_training, epoch, logs = False, 0, {}
-    while epoch < epochs and not model.stop_training:
-        rows = run(tf.constant(epoch), tf.constant(min(EPOCHS_PER_CALL, epochs - epoch))).numpy()
-        for row in rows:
+    trainer.model.stop_training, epoch, logs = False, 0, {}
+    while epoch < epochs and not trainer.model.stop_training:
+        count = min(EPOCHS_PER_CALL, epochs - epoch)
+        rows = trainer.run(*arrays, tf.constant(cfg.seed), tf.constant(epoch), tf.constant(count))
+        for row in rows.numpy():
             callback_list.on_epoch_begin(epoch)
-            logs = dict(zip(names, row.tolist(), strict=True))
+            logs = dict(zip(trainer.names, row.tolist(), strict=True))
             callback_list.on_epoch_end(epoch, logs)
             raise_if_terminated()  # Keras's callbacks swallow what the SIGTERM handler raises
             epoch += 1
@@ -280,6 +335,7 @@ def _fit(cfg: Any, data: Dataset, callbacks: list[keras.callbacks.Callback]) -> 
                 f"lower optimizer.learning_rate (now {cfg.optimizer.learning_rate})"
             )
     callback_list.on_train_end(logs)
+    _load_state(trainer.model, model)
     return TrainResult(model, {key: list(values) for key, values in history.history.items()})
 
 
