@@ -44,8 +44,8 @@ SPAWN := LOSSLAB_START_METHOD=spawn PYTHONPATH="$(CURDIR)/tests/spawn$${PYTHONPA
 # so that the fixture is made once
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
-## test: every test but the few long ones marked `slow`, on TEST_WORKERS processes (under 8
-## minutes on 2 cores), then the tests marked `spawn` once more under the spawn start method
+## test: every test but the few long ones marked `slow`, on TEST_WORKERS processes (7 to 15
+## minutes on 2 cores, by the day), then the tests marked `spawn` once more under spawn
 test: $(RAY_STAMP) postgresql
 	$(PYTEST)
 	$(SPAWN) $(PYTEST) -m "spawn and not slow"
