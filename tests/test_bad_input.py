@@ -30,7 +30,6 @@ LOSSLAB = str(BIN / "losslab")
 LOSSLAB_STAGE = str(BIN / "losslab-stage")
 DVC = str(BIN / "dvc")
 TINY = ("trainer.epochs=2", "dataset.n_samples=200", "dataset.n_test=100", "trainer.verbose=0")
-HYDRA_ONLY = {".hydra", "app.log"}  # what Hydra writes into its run dir before the app runs
 SECRET = "supersecret123"
 
 
@@ -99,10 +98,9 @@ def assert_clean_refusal(outcome: Outcome, status: int) -> None:
     assert_no_run_running(outcome.uri)
 
 
-def assert_only_hydra_files(out: Path) -> None:
-    """Nothing but Hydra's own files (if any) in the run dir: no data, model, metrics, plots."""
-    if out.exists():
-        assert {p.name for p in out.iterdir()} <= HYDRA_ONLY, sorted(p.name for p in out.iterdir())
+def assert_nothing_written(out: Path) -> None:
+    """No run dir at all: the config and the store are checked before Hydra makes it."""
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
 
 
 def assert_user_error(outcome: Outcome, *parts: str, program: str = "losslab") -> str:
@@ -169,7 +167,7 @@ def test_unknown_group_option(tmp_path, tracking_uri, group, allowed):
     assert f"Could not find '{group}/nope'" in stderr, outcome.text
     assert f"Available options in '{group}'" in stderr
     assert re.search(rf"^\s+{allowed}$", stderr, re.MULTILINE), outcome.text
-    assert_only_hydra_files(outcome.out)
+    assert_nothing_written(outcome.out)
     assert all_runs(tracking_uri) == []
 
 
@@ -177,14 +175,14 @@ def test_unknown_key_without_plus(tmp_path, tracking_uri):
     outcome = losslab(tmp_path, tracking_uri, "trainer.foo=1")
     assert_clean_refusal(outcome, 1)
     assert "Could not override 'trainer.foo'" in outcome.done.stderr, outcome.text
-    assert_only_hydra_files(outcome.out)
+    assert_nothing_written(outcome.out)
     assert all_runs(tracking_uri) == []
 
 
 def test_unknown_key_with_plus(tmp_path, tracking_uri):
     outcome = losslab(tmp_path, tracking_uri, "+trainer.foo=1")
     assert_user_error(outcome, "trainer.foo", "unknown key", "epochs", "batch_size")
-    assert_only_hydra_files(outcome.out)
+    assert_nothing_written(outcome.out)
 
 
 WRONG_TYPES = {
@@ -199,13 +197,13 @@ WRONG_TYPES = {
 def test_wrong_type(tmp_path, tracking_uri, override, parts):
     outcome = losslab(tmp_path, tracking_uri, override)
     assert_user_error(outcome, *parts)
-    assert_only_hydra_files(outcome.out)
+    assert_nothing_written(outcome.out)
 
 
 def test_wrong_type_list_is_refused(tmp_path, tracking_uri):
     outcome = losslab(tmp_path, tracking_uri, "model.hidden=abc")
     assert_user_error(outcome, "model.hidden")
-    assert_only_hydra_files(outcome.out)
+    assert_nothing_written(outcome.out)
 
 
 def test_wrong_type_list_names_the_value_and_an_example(tmp_path, tracking_uri):
@@ -235,14 +233,14 @@ NOT_POSITIVE = {
 def test_not_positive(tmp_path, tracking_uri, override, parts):
     outcome = losslab(tmp_path, tracking_uri, override)
     assert_user_error(outcome, *parts)
-    assert_only_hydra_files(outcome.out)
+    assert_nothing_written(outcome.out)
 
 
 @pytest.mark.parametrize("n_test", [200, 500], ids=["equal", "larger"])
 def test_split_larger_than_the_data(tmp_path, tracking_uri, n_test):
     outcome = losslab(tmp_path, tracking_uri, f"dataset.n_test={n_test}")
     assert_user_error(outcome, "dataset.n_test", "1..199", f"got {n_test}")
-    assert_only_hydra_files(outcome.out)
+    assert_nothing_written(outcome.out)
 
 
 # regression + hinge is test_config.py::test_cli_loss_dataset_mismatch_is_one_line
@@ -263,7 +261,7 @@ COMBINATIONS = {
 def test_combination_that_cannot_work(tmp_path, tracking_uri, overrides, parts):
     outcome = losslab(tmp_path, tracking_uri, *overrides)
     assert_user_error(outcome, *parts)
-    assert_only_hydra_files(outcome.out)
+    assert_nothing_written(outcome.out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,7 +321,7 @@ def test_sqlite_store_in_a_folder_that_cannot_exist_is_one_line(tmp_path):
             f"losslab: error: tracking.uri: cannot keep the SQLite store in {blocker}"
         ), line
         assert "writable folder" in line
-    assert_only_hydra_files(single.out)
+    assert_nothing_written(single.out)
     assert not list(sweep_dir.glob("*/metrics.json"))  # no job ran
 
 
@@ -331,7 +329,7 @@ def test_sqlite_store_in_a_folder_that_cannot_exist_is_one_line(tmp_path):
 def test_unreachable_tracking_server_writes_no_data(tmp_path, gone_server):
     outcome = losslab(tmp_path, gone_server.url, store=gone_server.store)
     assert outcome.done.returncode == 2, outcome.text
-    assert_only_hydra_files(outcome.out)
+    assert_nothing_written(outcome.out)
     assert_server_store_untouched(gone_server)
 
 

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from losslab.cli import JobFailed, reported_errors, sigterm_as_exception
@@ -49,6 +50,20 @@ def run(
     history = read_history_csv(layout.history)
     results["validation"] = {k[4:]: v[-1] for k, v in history.items() if k.startswith("val_")}
     return results
+
+
+class CheckBeforeWriting(Callback):
+    """A run's config and tracking store checked before Hydra makes the run's output folder,
+    so that bad input leaves nothing behind. (A sweep's jobs are checked one by one: a bad job
+    fails alone, in its own folder.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        from losslab import tracking
+
+        with reported_errors("losslab"):  # exits: Hydra would only warn about an exception
+            cfg = validate(config)
+            if cfg.tracking.enabled:
+                tracking.check_store(tracking.tracking_uri(cfg))
 
 
 def objective(results: dict[str, dict[str, float]], metric: str) -> float:
