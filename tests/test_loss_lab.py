@@ -27,7 +27,7 @@ import tensorflow as tf
 from conftest import all_runs, run_command
 from mlflow.tracking import MlflowClient
 
-from losslab import datasets, diagnostics, losses, steps, training
+from losslab import datasets, diagnostics, losses, steps, tracking, training
 from losslab.config import ConfigError, validate
 from losslab.losses import Encoding
 
@@ -733,6 +733,17 @@ def test_custom_loss_spec_follows_its_config(
     y = np.array([[1.0], [-1.0], [1.0]], dtype="float32")
     f = np.array([[0.25], [0.5], [2.0]], dtype="float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(built(y, f)), [0.75, 1.5, 0.0])
+
+
+@pytest.mark.parametrize("activation", ["null", "linear"])
+def test_a_custom_loss_spec_is_the_same_from_the_runs_logged_params(
+    compose_raw, user_module, activation
+):
+    """The report reads a run's spec back from its params, which MLflow keeps as strings."""
+    name = user_module(MY_LOSSES)
+    cfg = validate(compose_raw(*custom_loss(f"{name}:my_hinge", activation=activation)))
+    logged = tracking.config_params(cfg)
+    assert losses.from_params(logged) == losses.of(cfg.loss)
 
 
 def test_import_function_finds_modules_in_the_working_directory(user_module) -> None:

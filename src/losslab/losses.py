@@ -352,8 +352,10 @@ def of(params: Mapping[str, Any]) -> LossSpec:
 
 
 def from_params(params: Mapping[str, str]) -> LossSpec:
-    """The spec of a run from its flattened MLflow params (``loss.name``, ``loss.task``, ...)."""
-    return of({key[5:]: value for key, value in params.items() if key.startswith("loss.")})
+    """The spec of a run from its flattened MLflow params (``loss.name``, ``loss.task``, ...),
+    which MLflow keeps as strings: a null logged as ``None``."""
+    loss = {key[5:]: value for key, value in params.items() if key.startswith("loss.")}
+    return of({key: None if value == "None" else value for key, value in loss.items()})
 
 
 def import_function(reference: str) -> Callable:
