@@ -330,7 +330,6 @@ def main() -> None:
         "a_total_s": a_total,
         "b_total_s": study.seconds,
         "b_samples_s": [m.seconds for m, _ in studies],
-        "a_over_b": a_total / study.seconds,
         "mlflow_start_cpu_s": cost["start_cpu_s"],
         "mlflow_imports_and_stores_per_process": cost["per_process"],
         "tracking_cpu_s_per_job_max": max(tracking_cpu.values()),
@@ -382,7 +381,7 @@ def report(r: dict) -> None:
     )
     print(
         f"\ntotal: A {r['a_total_s']:.1f} s, B {r['b_total_s']:.1f} s (median of "
-        f"{len(r['b_samples_s'])})  ->  A/B = {r['a_over_b']:.1f}\n"
+        f"{len(r['b_samples_s'])})  ->  A/B = {r['ratios']['a_over_b']:.1f}\n"
         f"tracking CPU per job in a warm worker: at most {r['tracking_cpu_s_per_job_max']:.2f} s; "
         f"MLflow's import and store {r['mlflow_start_cpu_s']:.2f} s CPU, "
         f"{per_process['mlflow_imports']} import(s) and {per_process['stores_opened']} store(s) "
@@ -436,7 +435,7 @@ def draw(r: dict, target: Path) -> None:
     total.bar(list(bars), list(bars.values()), color=["C0", "C1"])
     for i, value in enumerate(bars.values()):
         total.text(i, value, f"{value:.0f} s", ha="center", va="bottom")
-    total.set(title=f"whole study: A/B = {r['a_over_b']:.1f}", ylabel="seconds")
+    total.set(title=f"whole study: A/B = {r['ratios']['a_over_b']:.1f}", ylabel="seconds")
     total.margins(y=0.12)  # room for the labels above the bars
     by_n = r["scaling"]["seconds_by_n_samples"]
     scale.loglog(
